@@ -27,6 +27,8 @@ GRAMMAR_DEFAULTS: dict = {
     "inside": "ours",               # ours | torch-struct
     "train": {
         "steps": 1000,
+        "max_model_updates": 0,     # also stop after this many grammar (M-step) updates; 0 = no
+                                    # cap. Compares EM methods at equal grammar updates.
         "batch_size": 4,
         "lr": 1e-3,
         "betas": [0.75, 0.999],

@@ -21,7 +21,7 @@ from grammars.corpus import load_corpus
 from grammars.recipe import GRAMMAR_DEFAULTS
 from grammars.vocabulary import Vocabulary
 
-RESUMABLE_CHANGES = {"train.steps", "train.eval_every", "train.checkpoint_every"}
+RESUMABLE_CHANGES = {"train.steps", "train.max_model_updates", "train.eval_every", "train.checkpoint_every"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -115,7 +115,8 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     schedule = BucketedSchedule(train_ids, train["batch_size"], train["seed"],
                                 config["data"]["max_train_length"],
                                 train["curriculum_start"], train["curriculum_increment"])
-    options = TrainerOptions(steps=train["steps"], eval_every=train["eval_every"],
+    options = TrainerOptions(steps=train["steps"], max_model_updates=train["max_model_updates"],
+                             eval_every=train["eval_every"],
                              checkpoint_every=train["checkpoint_every"],
                              show_progress=show_progress)
     out.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,30 @@ def test_k_steps_then_resume_equals_2k_steps(tmp_path, corpus, runner, cli_app, 
         assert (straight / "checkpoints" / "best.pt").exists()
 
 
+@pytest.mark.parametrize("method", ["gfnem", "marginal"])
+def test_training_stops_after_max_model_updates_and_resumes_to_a_higher_cap(
+        tmp_path, corpus, runner, cli_app, method):
+    # a threshold the untrained sampler's E-loss is above gates the M-step, so the gfnem run
+    # takes more steps than updates; the cap ends it well before train.steps
+    path = recipe(tmp_path, corpus, method=method, train__steps=200,
+                  em__threshold_max=30.0, em__threshold_min=30.0,
+                  sampler__local_search_rounds=0, em__mstep_local_search_rounds=0,
+                  em__sleep_weight=0.0, train__eval_every=100, train__checkpoint_every=100)
+    run = tmp_path / "capped"
+    result = train(runner, cli_app, path, run, "--set", "train.max_model_updates=3")
+    assert "(3 grammar updates)" in " ".join(result.output.split())
+    report = json.loads((run / "report.json").read_text())
+    assert report["model_updates"] == 3 and report["steps"] >= 3
+    assert report["steps"] == 3 if method == "marginal" else report["steps"] > 3
+    lines = metric_lines(run)
+    assert lines[-1]["kind"] == "eval"                       # validated at the stop
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == report["steps"]                  # and checkpointed there
+    train(runner, cli_app, path, run, "--set", "train.max_model_updates=5", "--resume")
+    report = json.loads((run / "report.json").read_text())
+    assert report["model_updates"] == 5
+
+
 def test_gfnem_run_samples_parses_and_evaluates(tmp_path, corpus, runner, cli_app):
     from grammars.run import load_run
 

@@ -19,7 +19,7 @@ def train(
         "--set model.nonterminals=20. Repeatable; values are read as YAML."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly "
                                 "where its last checkpoint stopped (same data, same config; "
-                                "train.steps may be raised)."),
+                                "train.steps and train.max_model_updates may be raised)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -39,7 +39,8 @@ def train(
                           f"`gfnem train {recipe} --out {out} --resume`")
         raise typer.Exit(130)
     best = report.get("best", {})
-    console.print(f"[bold green]done[/]: {report['steps']} steps in {report['train_seconds']} s; "
+    console.print(f"[bold green]done[/]: {report['steps']} steps ({report['model_updates']} "
+                  f"grammar updates) in {report['train_seconds']} s; "
                   + (f"best val NLL/token {best['val_nll_per_token']:.4f} at step "
                      f"{report['best_step']}; " if "val_nll_per_token" in best else "")
                   + f"run in {out}")

@@ -275,6 +275,11 @@ class EMLoop:
         self.grammar_updates = 0
         self.steps = 0
 
+    @property
+    def model_updates(self) -> int:
+        """M-steps taken (the trainer's `max_model_updates` reads it)."""
+        return self.grammar_updates
+
     # --------------------------------------------------------------------------- helpers
     def _all_parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.grammar_parameters)

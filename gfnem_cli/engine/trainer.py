@@ -32,6 +32,10 @@ class TrainingInterrupted(Exception):
 
 
 class Method(Protocol):
+    """`model_updates` (optional attribute): optimizer steps taken on the model's parameters θ
+    so far; an EM method skips the M-step on some batches, so it can be fewer than the steps.
+    Without it, every finite step counts as one update."""
+
     def train_step(self, batch: Any) -> dict[str, float]: ...
     def validate(self) -> dict[str, float]: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -45,6 +49,7 @@ class BatchSchedule(Protocol):
 @dataclass
 class TrainerOptions:
     steps: int
+    max_model_updates: int = 0      # also stop after this many updates of θ (0 = no cap)
     eval_every: int = 500
     checkpoint_every: int = 200
     select_metric: str = "val_nll_per_token"   # lower is better
@@ -147,6 +152,14 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- loop
+    def model_updates(self) -> int:
+        updates = getattr(self.method, "model_updates", None)
+        return int(updates) if updates is not None else self.step - self.nonfinite_total
+
+    def _finished(self) -> bool:
+        cap = self.options.max_model_updates
+        return self.step >= self.options.steps or (cap > 0 and self.model_updates() >= cap)
+
     def _batches(self):
         """Yield (epoch, position, batch) from the saved position onwards, forever."""
         while True:
@@ -173,7 +186,7 @@ class Trainer:
         stream = self._batches()
         with _StopFlag() as stop, progress:
             task = progress.add_task("train", total=opts.steps, completed=self.step, live="")
-            while self.step < opts.steps:
+            while not self._finished():
                 batch = next(stream)
                 started = time.perf_counter()
                 try:
@@ -200,17 +213,18 @@ class Trainer:
                     self._log({"kind": "train", "step": self.step, "epoch": self.epoch,
                                **last_metrics})
                     progress.update(task, completed=self.step, live=_live(last_metrics))
-                if self.step % opts.eval_every == 0 or self.step == opts.steps:
+                finished = self._finished()
+                if self.step % opts.eval_every == 0 or finished:
                     self._validate()
                     progress.update(task, live=_live({**last_metrics, **self.best["metrics"]}))
                 # never overwrite the last good checkpoint during a run of bad steps
-                if in_a_row == 0 and (self.step % opts.checkpoint_every == 0
-                                      or self.step == opts.steps):
+                if in_a_row == 0 and (self.step % opts.checkpoint_every == 0 or finished):
                     self.save()
-                if stop.requested and self.step < opts.steps:
+                if stop.requested and not finished:
                     self.save()
                     raise TrainingInterrupted(self.step, self.last_path)
-        report = {"steps": self.step, "epochs_started": self.epoch + 1,
+        report = {"steps": self.step, "model_updates": self.model_updates(),
+                  "epochs_started": self.epoch + 1,
                   "train_seconds": round(self.elapsed, 2), "best_step": self.best["step"],
                   "best": self.best["metrics"], "last_train": last_metrics,
                   "nonfinite_steps_skipped": self.nonfinite_total}
@@ -223,4 +237,6 @@ def _live(metrics: dict[str, float]) -> str:
     for key in ("loss", "nll_per_token", "ppl", "val_nll_per_token", "val_ppl", "items_per_s"):
         if key in metrics and isinstance(metrics[key], (int, float)):
             shown.append(f"{key}={metrics[key]:.3g}")
+    if "grammar_updates" in metrics:
+        shown.append(f"updates={int(metrics['grammar_updates'])}")
     return " ".join(shown)
