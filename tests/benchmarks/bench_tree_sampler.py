@@ -1,27 +1,51 @@
-"""Benchmark the tree GFlowNet sampler at the paper's size (no timed assertions).
+"""Benchmark the tree GFlowNet sampler and one full GFlowNet-EM step (no timed assertions).
 
-Measures, on CPU and on CUDA when present (or the --device given):
+Measures, on CPU and on CUDA when present (or the --device given), for B sentences × N
+trajectories of a fixed length (default: the paper's size, 32 × 4, 20 words, sampler d=512,
+6 layers, 4 heads; N-PCFG with 30 nonterminals, 60 preterminals, symbol_dim 256, vocab 10000):
+
   sample      trajectories per second of `TreeSampler.sample` under no_grad
-  train step  seconds per sample (with grad) + TB loss + backward
-for B sentences × N trajectories of a fixed length (default 32 × 4, 20 words, d=512, 6 layers,
-4 heads). `--profile` prints a torch.profiler table for one train step (time should sit in
-tensor ops: linear / attention / their backward), `--cprofile` a cProfile summary of the Python
-side (the only loop is over the n-1 steps, never over sentences).
+  reference   the same sampling done naively, one sentence per call (batch 1, N per input),
+              under no_grad; only K = --reference-sentences of the B sentences are timed and the
+              time is scaled by B/K, so the batched-vs-loop speed-up stays cheap to measure
+  train step  seconds per sample (with grad) + TB loss + backward with a cheap stand-in reward:
+              the sampler's cost alone
+  EM step     seconds per `EMLoop.train_step` of method gfnem built as `gfnem train` builds it
+              (GRAMMAR_DEFAULTS, TB, M-step at every step: threshold +inf): E-step sample with
+              the real reward log p_θ(x, z) (preterminals summed out) + TB loss + backward,
+              M-step draw (B × 1 trees) + log_joint + backward, and both optimizer steps
+
+`--profile` prints a torch.profiler table, `--cprofile` a cProfile summary (Python side), of one
+train step and/or one EM step (`--profile-step`). In the sampler, time should sit in tensor ops
+(linear / attention / their backward) and the only Python loop is over the n-1 steps, never over
+sentences. GFNEM_BENCH_QUICK=1 (`run_all.py --quick`) shrinks the defaults (d=64, 2 layers,
+batch 8 of 10 words, vocab 1000, symbol_dim 64) so the run takes seconds; flags still override.
 
     python tests/benchmarks/bench_tree_sampler.py [--device cpu] [--batch 32] [--per-input 4]
-        [--length 20] [--d-model 512] [--layers 6] [--heads 4] [--repeats 3] [--profile]
+        [--length 20] [--d-model 512] [--layers 6] [--heads 4] [--repeats 2]
+        [--reference-sentences 8] [--profile] [--profile-step train|em|both]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import json
+import math
+import os
 import pstats
 import time
 
 import torch
 
+from grammars.batching import make_batch
+from grammars.em_methods import build_em_method
 from grammars.gflownet import TreeSampler
+from grammars.recipe import GRAMMAR_DEFAULTS
+from grammars.run import build_model, inside_backend
+
+QUICK_DEFAULTS = dict(batch=8, length=10, d_model=64, layers=2, vocab=1000, symbol_dim=64,
+                      repeats=1)
 
 
 class ChainReward:
@@ -37,20 +61,52 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def sentence_batch(args):
+    """B random sentences of `length` words (ids ≥ 1: 0 is <unk>), as the trainer batches them."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, args.vocab, (args.batch, args.length), generator=g)
+    return make_batch(ids.tolist(), list(range(args.batch)))
+
+
+def em_loop(args, device: torch.device):
+    """The gfnem `EMLoop` from the project's own builders, M-step forced at every step."""
+    config = copy.deepcopy(GRAMMAR_DEFAULTS)
+    config["method"] = "gfnem"
+    config["model"].update(kind="npcfg", nonterminals=args.nonterminals,
+                           preterminals=args.preterminals, symbol_dim=args.symbol_dim)
+    config["sampler"].update(d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
+                             learn_backward=args.learn_backward,
+                             samples_per_input=args.per_input)
+    config["objective"]["name"] = "tb"
+    config["em"].update(threshold_max=math.inf, threshold_min=math.inf)
+    torch.manual_seed(config["train"]["seed"])
+    model = build_model(config, args.vocab).to(device)
+    loop = build_em_method(config, model, [], device, inside_backend(config["inside"]))
+    return loop, config["em"]["mstep_samples"]
+
+
 def bench_device(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     sampler = TreeSampler(args.vocab, args.nonterminals, d_model=args.d_model,
                           num_layers=args.layers, num_heads=args.heads,
                           learn_backward=args.learn_backward).to(device)
     opt = torch.optim.Adam(sampler.parameters(), lr=1e-4)
-    ids = torch.randint(0, args.vocab, (args.batch, args.length), device=device)
-    lengths = torch.full((args.batch,), args.length, dtype=torch.long, device=device)
+    batch = sentence_batch(args)
+    ids, lengths = batch.ids.to(device), batch.lengths.to(device)
     reward = ChainReward()
     rows = args.batch * args.per_input
+    k_ref = max(1, min(args.reference_sentences, args.batch))
+    loop, mstep_samples = em_loop(args, device)
+    em_rows = {"estep": rows, "mstep": args.batch * mstep_samples}
 
     def sample_only():
         with torch.no_grad():
             sampler.sample(ids, lengths, num_per_input=args.per_input)
+
+    def sample_one_by_one():
+        with torch.no_grad():
+            for b in range(k_ref):
+                sampler.sample(ids[b:b + 1], lengths[b:b + 1], num_per_input=args.per_input)
 
     def train_step():
         tr = sampler.sample(ids, lengths, num_per_input=args.per_input, reward=reward)
@@ -58,6 +114,11 @@ def bench_device(args, device: torch.device) -> dict:
         opt.zero_grad(set_to_none=True)
         (resid ** 2).mean().backward()
         opt.step()
+
+    def em_step():
+        metrics = loop.train_step(batch)
+        if metrics["mstep"] != 1.0:    # a sanity check on the set-up, not on the timing
+            raise RuntimeError("the EM step skipped its M-step despite threshold +inf")
 
     def timed(fn) -> float:
         fn()                       # warm-up (allocator, kernels)
@@ -71,31 +132,48 @@ def bench_device(args, device: torch.device) -> dict:
         return best
 
     sample_s = timed(sample_only)
+    loop_s = timed(sample_one_by_one) * args.batch / k_ref
     train_s = timed(train_step)
+    em_s = timed(em_step)
     result = {
         "device": str(device), "threads": torch.get_num_threads(),
+        "quick": args.quick,
         "batch": args.batch, "per_input": args.per_input, "length": args.length,
         "d_model": args.d_model, "layers": args.layers, "heads": args.heads,
+        "vocab": args.vocab, "nonterminals": args.nonterminals,
+        "preterminals": args.preterminals, "symbol_dim": args.symbol_dim,
+        "learn_backward": args.learn_backward,
         "sample_seconds": round(sample_s, 4),
         "trajectories_per_second": round(rows / sample_s, 1),
+        "reference_loop_sentences_timed": k_ref,
+        "reference_loop_sample_seconds_scaled_to_batch": round(loop_s, 4),
+        "batched_speedup_vs_loop": round(loop_s / sample_s, 2),
         "train_step_seconds": round(train_s, 4),
         "train_trajectories_per_second": round(rows / train_s, 1),
+        "em_step_seconds": round(em_s, 4),
+        "em_estep_trajectories": em_rows["estep"],
+        "em_mstep_trajectories": em_rows["mstep"],
+        "em_step_trajectories_per_second": round(sum(em_rows.values()) / em_s, 1),
     }
-    if args.profile:
+    steps = {"train": train_step, "em": em_step}
+    chosen = list(steps) if args.profile_step == "both" else [args.profile_step]
+    for name in chosen if args.profile else []:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
-            train_step()
+            steps[name]()
             sync(device)
         key = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"=== torch.profiler: one {name} step on {device}")
         print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
-    if args.cprofile:
+    for name in chosen if args.cprofile else []:
         prof = cProfile.Profile()
         prof.enable()
-        train_step()
+        steps[name]()
         sync(device)
         prof.disable()
+        print(f"=== cProfile: one {name} step on {device}")
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.rows)
     return result
 
@@ -112,13 +190,24 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=10000)
     p.add_argument("--nonterminals", type=int, default=30)
+    p.add_argument("--preterminals", type=int, default=60, help="N-PCFG of the EM step")
+    p.add_argument("--symbol-dim", type=int, default=256, help="N-PCFG of the EM step")
     p.add_argument("--learn-backward", action="store_true")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--reference-sentences", type=int, default=8,
+                   help="sentences timed in the one-by-one reference loop (scaled to --batch)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU")
-    p.add_argument("--profile", action="store_true", help="torch.profiler table of one train step")
-    p.add_argument("--cprofile", action="store_true", help="cProfile summary of one train step")
+    p.add_argument("--profile", action="store_true", help="torch.profiler table(s)")
+    p.add_argument("--cprofile", action="store_true", help="cProfile summary(ies)")
+    p.add_argument("--profile-step", choices=("train", "em", "both"), default="both",
+                   help="what --profile / --cprofile run once: the stand-in-reward train step, "
+                        "the full EM step, or both")
     p.add_argument("--rows", type=int, default=20, help="rows in the profile tables")
+    quick = os.environ.get("GFNEM_BENCH_QUICK") == "1"
+    if quick:
+        p.set_defaults(**QUICK_DEFAULTS)
     args = p.parse_args(argv)
+    args.quick = quick
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
