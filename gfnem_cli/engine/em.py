@@ -8,8 +8,9 @@ compositional latent variable models". One training step on a batch of inputs x:
    whose log-prob the sampler returns as `log_pf`), optionally refined by back-and-forth
    local search; set log_reward = log p_θ(x, z), **detached**; compute the chosen objective
    and step the sampler's parameters φ.
-2. **M-step**, only when an exponential moving average of the E-loss is below τ(g)
-   (`schedules.ThresholdSchedule`; g counts M-steps): draw z from the sampler (optionally
+2. **M-step**, only when an exponential moving average of the E-loss over the previous
+   batches is below τ(g) (`schedules.ThresholdSchedule`; g counts M-steps; the current batch
+   is left out of the decision so that M-steps do not select batches by their own E-loss): draw z from the sampler (optionally
    refined by local search, or reusing the E-step's latents), minimise −mean log p_θ(x, z);
    with `importance_weighted`, minimise −Σ_m w̃_m log p_θ(x, z_m) per x instead, with
    w̃ = softmax_m(log p_θ(x, z_m) + log P_B(τ_m | z_m) − log q(τ_m)) over the M samples of each
@@ -315,9 +316,14 @@ class EMLoop:
             if opts.reduce_loss is not None:
                 e_value = float(opts.reduce_loss(e_value))
             ema_next = self.ema.peek(e_value)
+            # gate on the average of the batches before this one: a batch's own E-loss must not
+            # choose whether θ learns from it (with length-bucketed batches that would pick
+            # short sentences, whose E-loss is smaller, for nearly every M-step)
+            gate = self.ema.value if self.ema.value is not None else e_value
             tau = opts.threshold(self.grammar_updates)
-            do_m = ema_next < tau
-            metrics.update(loss=e_value, e_loss=e_value, e_loss_ema=ema_next, tau=tau, **stats)
+            do_m = gate < tau
+            metrics.update(loss=e_value, e_loss=e_value, e_loss_ema=ema_next, e_loss_gate=gate,
+                           tau=tau, **stats)
             sleep, sleep_stats = estep.sleep_loss(batch, self.steps)
             if sleep is not None:
                 self._check(sleep)
