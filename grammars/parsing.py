@@ -10,7 +10,14 @@ import torch
 from grammars.batching import in_order_batches
 from grammars.binary_trees import BinaryTrees
 
-DECODERS = ("viterbi", "mbr", "sample")
+DECODERS = ("auto", "viterbi", "mbr", "sample")
+
+
+def resolve_decode(run, decode: str) -> str:
+    """`auto`: Viterbi where the grammar has a dynamic program, else the sampler's MBR."""
+    if decode != "auto":
+        return decode
+    return "viterbi" if hasattr(run.model, "params") else "mbr"
 
 
 def _trivial_tree(length: int) -> BinaryTrees:
@@ -23,6 +30,7 @@ def _trivial_tree(length: int) -> BinaryTrees:
 def decode_batch(run, ids: torch.Tensor, lengths: torch.Tensor, decode: str,
                  samples: int = 16) -> BinaryTrees:
     model, inside = run.model, run.inside
+    decode = resolve_decode(run, decode)
     if decode == "sample":
         from grammars.sampled_decoding import best_of_samples
 

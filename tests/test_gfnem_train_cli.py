@@ -278,3 +278,18 @@ def test_synthetic_recipes_train(tmp_path, corpus, runner, cli_app, name):
           "--set", "data.max_valid_sentences=4")
     evals = [x for x in metric_lines(tmp_path / "run") if x["kind"] == "eval"]
     assert evals and evals[-1]["val_nll_per_token"] > 0
+
+
+@pytest.mark.parametrize("kind,expected", [("ncfg", "mbr"), ("npcfg", "viterbi")])
+def test_default_decode_is_viterbi_with_a_dynamic_program_else_mbr(tmp_path, corpus, runner,
+                                                                   cli_app, kind, expected):
+    path = recipe(tmp_path, corpus, model__kind=kind, train__steps=2,
+                  sampler__local_search_rounds=0, em__mstep_local_search_rounds=0,
+                  em__sleep_weight=0.0)
+    run = tmp_path / "run"
+    train(runner, cli_app, path, run)
+    report = tmp_path / "report.json"
+    result = runner.invoke(cli_app, ["evaluate", str(run), "--data", str(corpus), "--samples",
+                                     "2", "--decode-samples", "2", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["decoding"] == expected

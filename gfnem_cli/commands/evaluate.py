@@ -78,8 +78,9 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Seed of the random baseline."),
     max_length: int = typer.Option(0, "--max-length", min=0, help="Score only sentences of "
                                    "at most this many words (e.g. 10 for WSJ10); 0 = all."),
-    decode: str = typer.Option("viterbi", "--decode", help="With RUN: viterbi, mbr, or sample "
-                               "(best of --samples sampled trees; GFlowNet runs)."),
+    decode: str = typer.Option("auto", "--decode", help="With RUN: auto (viterbi for "
+                               "context-free grammars, mbr for the others), viterbi, mbr, or "
+                               "sample (best of --samples sampled trees; GFlowNet runs)."),
     samples: int = typer.Option(0, "--samples", min=0, help="With RUN: M samples per sentence "
                                 "for the importance-sampled NLL bound of the run's GFlowNet "
                                 "sampler (DESIGN §6), reported with its standard error; 0 = "
@@ -136,12 +137,13 @@ def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_si
     from gfnem_cli.engine.errors import GfnemError
     from grammars.evaluation import run_likelihood, run_predictions, true_grammar_likelihood
     from grammars.inputs import read_parse_input
-    from grammars.parsing import DECODERS
+    from grammars.parsing import DECODERS, resolve_decode
     from grammars.run import load_run
 
     if decode not in DECODERS:
         raise GfnemError(f"unknown --decode '{decode}'", hint="use " + ", ".join(DECODERS))
     trained = load_run(run, device, checkpoint)
+    decode = resolve_decode(trained, decode)
     data = read_parse_input(corpus.path, run, trained.vocab, split)
     if samples > 0 and getattr(trained, "sampler", None) is None:
         raise GfnemError("--samples needs a run trained with a GFlowNet sampler", run)

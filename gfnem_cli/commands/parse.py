@@ -16,7 +16,8 @@ def parse(
                                "written by `gfnem prepare` (see --split)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: one bracketed tree per "
                              "input sentence, with the input's original words."),
-    decode: str = typer.Option("viterbi", "--decode", help="viterbi: the most probable labeled "
+    decode: str = typer.Option("auto", "--decode", help="auto: viterbi for context-free "
+                               "grammars, mbr for the others; viterbi: the most probable labeled "
                                "tree; mbr: the tree maximizing expected correct spans (CKY over "
                                "span marginals); sample: the best of --samples sampled trees by "
                                "log p(x, z) (GFlowNet runs)."),
@@ -35,12 +36,13 @@ def parse(
 
     from gfnem_cli.engine.errors import GfnemError
     from grammars.inputs import read_parse_input
-    from grammars.parsing import DECODERS, parse_sentences
+    from grammars.parsing import DECODERS, parse_sentences, resolve_decode
     from grammars.run import load_run
 
     if decode not in DECODERS:
         raise GfnemError(f"unknown --decode '{decode}'", hint="use " + ", ".join(DECODERS))
     trained = load_run(run, device, checkpoint)
+    decode = resolve_decode(trained, decode)
     data = read_parse_input(input, run, trained.vocab, split, on_warning=warn)
     if not data.words:
         raise GfnemError("no sentences to parse", input)
