@@ -23,13 +23,12 @@ import torch
 from torch import nn
 
 from grammars.binary_trees import BinaryTrees
-from grammars.models.forest_score import (forest_log_prob, forest_node_terms,
-                                          single_grammar_inputs)
+from grammars.models.forest_score import SharedGrammarForestScores
 from grammars.models.generation import SamplingTables, sample
 from grammars.models.layers import ResidualMLP, init_parameters, private_rng, seeded_generator
 
 
-class NeuralNCFG(nn.Module):
+class NeuralNCFG(SharedGrammarForestScores, nn.Module):
     """Parent-conditioned neural grammar; rules and emissions see the parent's embedding."""
 
     kind = "ncfg"
@@ -74,40 +73,14 @@ class NeuralNCFG(nn.Module):
         emissions = self.term_out(self.term_mlp(pairs)).log_softmax(-1)
         return roots, rules, emissions
 
-    def node_terms(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
-                   tables=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(terms (B, M), determined (B, M), root_term (B,)) — see `forest_score`.
-
-        terms[b, m] = log Σ_{preterminal children} p(A_m → · · | parent of m) Π p(w | t, A_m),
-        its context being the parent's label if node m has one, else ROOT; `determined` marks
-        the terms whose context is known (a parent exists, or m is the completed root).
-        Exposed so a sampler can add the terms a merge determines incrementally.
-        """
-        return forest_node_terms(*self._forest_inputs(ids, lengths, trees, tables),
-                                 parent_conditioned=True)
-
     def log_joint(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
                   tables=None) -> torch.Tensor:
-        """log p_θ(x, z) of complete trees, preterminals summed out, all nodes at once: (B,)."""
+        """log p_θ(x, z) of complete trees, preterminals summed out, all nodes at once: (B,).
+
+        A node's term (its rule under its parent's label, its leaf children's emissions) is
+        determined once the node has a parent, or is the completed root; every term of a
+        complete tree is."""
         return self.partial_log_joint(ids, lengths, trees, tables)
-
-    def partial_log_joint(self, ids: torch.Tensor, lengths: torch.Tensor,
-                          partial_trees: BinaryTrees, tables=None) -> torch.Tensor:
-        """Σ of the terms a bottom-up partial forest already determines: (B,).
-
-        A node's rule term (its leaf children's emissions included) counts once the node has a
-        parent; a forest root's term waits for its parent. When one node spans the sentence,
-        its term under ROOT and log p(root = A) are added, so a complete tree gives log_joint.
-        """
-        return forest_log_prob(*self._forest_inputs(ids, lengths, partial_trees, tables),
-                               parent_conditioned=True)
-
-    def _forest_inputs(self, ids, lengths, trees, tables=None):
-        """`tables`: a `self.tables()` computed once and reused (e.g. under no_grad, for the
-        many partial states of one E-step batch); default: computed now."""
-        return single_grammar_inputs(ids, lengths, trees,
-                                     self.tables() if tables is None else tables,
-                                     parent_axis=True)
 
     def log_marginal(self, ids: torch.Tensor, lengths: torch.Tensor, backend=None):
         raise NotImplementedError(

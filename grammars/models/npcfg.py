@@ -26,15 +26,14 @@ import torch
 from torch import nn
 
 from grammars.binary_trees import BinaryTrees
-from grammars.models.forest_score import (forest_log_prob, forest_node_terms,
-                                          single_grammar_inputs)
+from grammars.models.forest_score import SharedGrammarForestScores
 from grammars.models.generation import SamplingTables, sample
 from grammars.models.layers import (ResidualMLP, init_parameters, masked_ids, private_rng,
                                      seeded_generator)
 from grammars.params import PCFGParams
 
 
-class NeuralPCFG(nn.Module):
+class NeuralPCFG(SharedGrammarForestScores, nn.Module):
     """A shared neural PCFG; `params` broadcasts one grammar over the batch without copies."""
 
     kind = "npcfg"
@@ -83,31 +82,6 @@ class NeuralPCFG(nn.Module):
         """log p_θ(x, z) per sentence, preterminals summed out (`grammars.tree_score`)."""
         from grammars.tree_score import tree_log_prob
         return tree_log_prob(self.params(ids, lengths), trees)
-
-    def partial_log_joint(self, ids: torch.Tensor, lengths: torch.Tensor,
-                          partial_trees: BinaryTrees, tables=None) -> torch.Tensor:
-        """Σ over the nodes present of log Σ_{preterminal children} p(A → B C) p(words | t),
-        plus log p(root = A) only once one node spans the sentence (see `forest_score`).
-
-        A context-free rule's term is fixed as soon as its node exists, so every node of a
-        bottom-up partial forest counts; equals `log_joint` on a complete tree.
-        """
-        return forest_log_prob(*self._forest_inputs(ids, lengths, partial_trees, tables),
-                               parent_conditioned=False)
-
-    def node_terms(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
-                   tables=None):
-        """(terms (B, M), determined (B, M), root_term (B,)) per node — see `forest_score`;
-        every present node is determined (context-free)."""
-        return forest_node_terms(*self._forest_inputs(ids, lengths, trees, tables),
-                                 parent_conditioned=False)
-
-    def _forest_inputs(self, ids, lengths, trees, tables=None):
-        """`tables`: a `self.tables()` computed once and reused (e.g. under no_grad, for the
-        many partial states of one E-step batch); default: computed now."""
-        return single_grammar_inputs(ids, lengths, trees,
-                                     self.tables() if tables is None else tables,
-                                     parent_axis=False)
 
     def log_marginal(self, ids: torch.Tensor, lengths: torch.Tensor, backend) -> torch.Tensor:
         """log p_θ(x) = log Σ_z p_θ(x, z): the inside algorithm of `backend` (exact)."""
