@@ -2,7 +2,8 @@
 
 `build_em_method(config, model, valid_batches, device, inside)` turns a resolved recipe into a
 trainer `Method` (the engine's `EMLoop`), all three sharing one loop and one M-step
-(−mean log p_θ(x, z) on sampled trees, Adam with `train.lr`, `train.betas`, `train.grad_clip`):
+(−mean log p_θ(x, z) on sampled trees, or with `em.mstep_labels: summed` −mean log p_θ(x, s) on
+their bracketings s, labels summed out; Adam with `train.lr`, `train.betas`, `train.grad_clip`):
 
 - `gfnem`           the E-step trains a tree GFlowNet (`grammars.gflownet.TreeSampler`) with
                     the recipe's objective; the M-step is gated by the adaptive threshold on
@@ -121,6 +122,21 @@ class GrammarFamily:
         return self.sampler.score(ids, lengths, z, order="sample_backward").log_pf
 
 
+class SummedLabelsFamily(GrammarFamily):
+    """`em.mstep_labels: summed`: the M-step maximizes log p_θ(x, s) for the bracketing s of
+    each sampled tree, its labels summed out, instead of log p_θ(x, z). The same expected
+    gradient under the posterior (∇ log p_θ(x)), less variance: Rao-Blackwellization."""
+
+    def mstep_log_likelihood(self, batch, z, n: int) -> torch.Tensor:
+        """(B·n,) log p_θ(x, bracketing of z) (`grammars.models.bracketing_score`)."""
+        ids, lengths = _inputs(batch, self.device)
+        return self.model.log_joint_bracketing(ids.repeat_interleave(n, 0),
+                                               lengths.repeat_interleave(n, 0), z)
+
+
+MSTEP_LABELS = {"sampled": GrammarFamily, "summed": SummedLabelsFamily}
+
+
 # ============================================================================ building
 def build_sampler(config: dict, vocab_size: int, num_nonterminals: int):
     from grammars.gflownet import TreeSampler
@@ -224,6 +240,11 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
                          "non-context-free grammar has no inside algorithm",
                          hint="use method: gfnem or method: mcem")
     train, em, s = config["train"], config["em"], config["sampler"]
+    if em["mstep_labels"] not in MSTEP_LABELS:
+        raise GfnemError(f"unknown em.mstep_labels '{em['mstep_labels']}'",
+                         hint="use sampled (log p(x, z) of the sampled tree) or summed "
+                              "(its labels summed out)")
+    family_class = MSTEP_LABELS[em["mstep_labels"]]
     dream_len = em["sleep_max_length"] or config["data"]["max_train_length"] or 20
     grammar_opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]))
     options = EMOptions(
@@ -234,7 +255,7 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
     sampler = None
     if method == "gfnem":
         sampler = build_sampler(config, model.vocab_size, model.num_nonterminals).to(device)
-        family = GrammarFamily(model, sampler, device, dream_len)
+        family = family_class(model, sampler, device, dream_len)
         objective, need_flows = build_objective_from_config(config)
         if em["importance_weighted"] and em["mstep_local_search_rounds"] > 0:
             raise GfnemError("em.importance_weighted needs the proposal density of the M-step "
@@ -253,7 +274,7 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
             mstep_reuse_samples=em["mstep_reuse_samples"])
         modules = {"model": model, "sampler": sampler}
     else:
-        family = GrammarFamily(model, None, device, dream_len)
+        family = family_class(model, None, device, dream_len)
         if em["importance_weighted"]:
             raise GfnemError(f"em.importance_weighted applies to method gfnem only (method "
                              f"'{method}' has no proposal density)",

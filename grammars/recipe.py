@@ -80,6 +80,8 @@ GRAMMAR_DEFAULTS: dict = {
         "mstep_reuse_samples": False,   # M-step on the E-step's trees (as the paper's code)
         "mstep_local_search_rounds": 0,  # local-search rounds on M-step trees (paper: 10)
         "importance_weighted": False,   # M-step weights softmax(log p + log P_B - log q)
+        "mstep_labels": "sampled",  # sampled: M-step on log p(x, z); summed: on log p(x, s),
+                                    # the labels of each tree's bracketing s summed out
         "sleep_weight": 0.0,        # sleep phase: weight of -log P_F on trees dreamt by the grammar
         "sleep_period": 1,          # ... every this many steps
         "sleep_batch_size": 0,      # ... this many dreams (0 = train.batch_size)

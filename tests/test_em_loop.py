@@ -213,6 +213,54 @@ def test_importance_weighted_mstep_estimates_the_exact_gradient():
     assert rel_plain > 0.2, (cos_plain, rel_plain)
 
 
+UNEQUAL = torch.tensor([0, 1, 1, 1, 1])     # a coarsening s(z) of the latent, unequal parts
+GROUPS = UNEQUAL.clone()                     # the one RaoBlackwellFamily reads
+
+
+class RaoBlackwellFamily(ToyFamily):
+    """M-step on log p(x, s(z)) = log Σ_{z' : s(z') = s(z)} p(x, z'), the rest summed out."""
+
+    def mstep_log_likelihood(self, batch, z, n):
+        table = self.model.table()
+        grouped = torch.stack([torch.logsumexp(table[:, GROUPS == g], 1) for g in (0, 1)], 1)
+        return grouped[batch.repeat_interleave(n), GROUPS[z]]
+
+
+def rao_blackwell_delta(importance_weighted: bool, samples: int, groups=UNEQUAL):
+    torch.manual_seed(1)
+    GROUPS.copy_(groups)
+    model, sampler = Model(1.5), Sampler()
+    estep = GFlowNetEStep(RaoBlackwellFamily(model, sampler), build_objective("tb"),
+                          torch.optim.SGD(sampler.parameters(), lr=0.0), sampler.parameters())
+    options = EMOptions(mstep_samples=samples, importance_weighted=importance_weighted,
+                        grammar_grad_clip=0.0)
+    loop = EMLoop(estep.family, estep, torch.optim.SGD(model.parameters(), lr=1.0),
+                  model.parameters(), options, lambda: {}, {"model": model})
+    x = torch.tensor([0, 1, 2])
+    before = model.theta.detach().clone()
+    exact_model = Model(1.5)
+    exact = torch.autograd.grad(torch.logsumexp(exact_model.table(), 1)[x].mean(),
+                                exact_model.theta)[0]
+    loop.train_step(x)
+    return model.theta.detach() - before, exact
+
+
+def test_rao_blackwellized_mstep_maximizes_the_familys_statistic():
+    """One part holding every z: log p(x, s) = log p(x), so any single draw gives the exact
+    gradient; with unequal parts the importance weights must come from log p(x, z), not from
+    the statistic (which would weight each part by its size): the estimate is then unbiased."""
+    delta, exact = rao_blackwell_delta(False, 1, groups=torch.zeros(K, dtype=torch.long))
+    assert torch.allclose(delta, exact, atol=1e-12)
+    try:
+        delta, exact = rao_blackwell_delta(True, 20000)
+        rel = float((delta - exact).norm() / exact.norm())
+        assert rel < 0.05, rel
+        plain, _ = rao_blackwell_delta(False, 20000)   # uniform draws, unweighted: biased
+        assert float((plain - exact).norm() / exact.norm()) > 0.2
+    finally:
+        GROUPS.copy_(UNEQUAL)
+
+
 def test_gfnem_fits_the_data_and_the_sampler_tracks_the_posterior():
     torch.manual_seed(0)
     loop, model, sampler, _ = make_loop(tau=(2.0, 0.5), estep_kw={"samples_per_input": 8},

@@ -116,6 +116,22 @@ def test_k_steps_then_resume_equals_2k_steps(tmp_path, corpus, runner, cli_app, 
         assert (straight / "checkpoints" / "best.pt").exists()
 
 
+@pytest.mark.parametrize("kind,method", [("npcfg", "gfnem"), ("ncfg", "gfnem"),
+                                         ("ncfg", "mcem"), ("npcfg", "exact-sampling")])
+def test_summed_labels_mstep_scores_bracketings(tmp_path, corpus, runner, cli_app, kind,
+                                                method):
+    """Same seed, same first draws: the summed M-step's log p(x, s) exceeds log p(x, z)."""
+    first = {}
+    for labels in ("sampled", "summed"):
+        path = recipe(tmp_path, corpus, model__kind=kind, method=method,
+                      em__mstep_labels=labels, train__steps=1)
+        train(runner, cli_app, path, tmp_path / labels)
+        first[labels] = [x for x in metric_lines(tmp_path / labels) if x["kind"] == "train"][0]
+    assert first["summed"]["mstep_log_joint"] > first["sampled"]["mstep_log_joint"] + 1.0
+    if method == "gfnem":   # the E-step does not see the option
+        assert first["summed"]["e_loss"] == first["sampled"]["e_loss"]
+
+
 @pytest.mark.parametrize("method", ["gfnem", "marginal"])
 def test_training_stops_after_max_model_updates_and_resumes_to_a_higher_cap(
         tmp_path, corpus, runner, cli_app, method):
@@ -235,6 +251,7 @@ def test_mcem_run_has_no_sampler_and_decodes_by_chains(tmp_path, corpus, runner,
     ({"em__importance_weighted": True}, "mstep_local_search_rounds"),
     ({"method": "mcem", "em__mstep_samples": 2}, "mstep_samples"),
     ({"method": "gfnm"}, "unknown method"),
+    ({"em__mstep_labels": "marginal"}, "mstep_labels"),
 ])
 def test_bad_method_configurations_are_one_line_errors(tmp_path, corpus, runner, cli_app,
                                                        changes, needle):

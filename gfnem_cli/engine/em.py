@@ -10,8 +10,10 @@ compositional latent variable models". One training step on a batch of inputs x:
    and step the sampler's parameters φ.
 2. **M-step**, only when an exponential moving average of the E-loss over the previous
    batches is below τ(g) (`schedules.ThresholdSchedule`; g counts M-steps; the current batch
-   is left out of the decision so that M-steps do not select batches by their own E-loss): draw z from the sampler (optionally
-   refined by local search, or reusing the E-step's latents), minimise −mean log p_θ(x, z);
+   is left out of the decision so that M-steps do not select batches by their own E-loss):
+   draw z from the sampler (optionally
+   refined by local search, or reusing the E-step's latents), minimise −mean log p_θ(x, z)
+   (or a family's Rao-Blackwellized `mstep_log_likelihood`, e.g. labels summed out);
    with `importance_weighted`, minimise −Σ_m w̃_m log p_θ(x, z_m) per x instead, with
    w̃ = softmax_m(log p_θ(x, z_m) + log P_B(τ_m | z_m) − log q(τ_m)) over the M samples of each
    x (q the density the samples were actually drawn from: the behaviour policy). Only θ moves.
@@ -76,6 +78,11 @@ class LatentFamily(Protocol):
         """(B·n,) log p_θ(x_b, z_{b,k}), row b·n + k, differentiable in θ."""
 
     def batch_size(self, batch: Any) -> int: ...
+
+    # Optional (checked with hasattr):
+    # mstep_log_likelihood(batch, z, n) -> (B·n,)  what the M-step maximizes instead of
+    #     log_joint: a Rao-Blackwellized statistic of z (e.g. log p_θ(x, part of z), the rest
+    #     summed out) whose expected gradient under p_θ(z | x) is also ∇ log p_θ(x).
 
 
 class SamplerFamily(LatentFamily, Protocol):
@@ -333,12 +340,12 @@ class EMLoop:
 
         if do_m:
             draw = estep.draw(batch, opts.mstep_samples, opts.importance_weighted)
-            log_p = self.family.log_joint(batch, draw.z, draw.n)
+            log_p, log_joint = self._mstep_terms(batch, draw)
             self._check(log_p.detach().sum())
             batch_size = log_p.shape[0] // draw.n
             if opts.importance_weighted:
                 grouped = log_p.view(batch_size, draw.n)
-                w = torch.softmax(grouped.detach().double()
+                w = torch.softmax(log_joint.view(batch_size, draw.n).double()
                                   + draw.log_pb_minus_log_q.view(batch_size, draw.n).double(),
                                   dim=1).to(log_p.dtype)
                 m_loss = -(w * grouped).sum(1).mean()
@@ -378,6 +385,23 @@ class EMLoop:
         self._clear(self._all_parameters())
         metrics.update(mstep=float(do_m), grammar_updates=float(self.grammar_updates))
         return metrics
+
+    def _mstep_terms(self, batch: Any, draw: Draw) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(what the M-step maximizes, differentiable; log p_θ(x, z) detached when the
+        importance weights need it, else None). The weights are p_θ(x, z) P_B / q of the whole
+        latent even when the integrand is Rao-Blackwellized: the self-normalized estimate of
+        E_{p(z|x)}[∇ f(z)] is consistent for any f, so for f = log p_θ(x, part of z) too."""
+        family = self.family
+        if not hasattr(family, "mstep_log_likelihood"):
+            log_p = family.log_joint(batch, draw.z, draw.n)
+            return log_p, log_p.detach() if self.options.importance_weighted else None
+        log_p = family.mstep_log_likelihood(batch, draw.z, draw.n)
+        if not self.options.importance_weighted:
+            return log_p, None
+        with torch.no_grad():
+            log_joint = family.log_joint(batch, draw.z, draw.n)
+        self._check(log_joint.sum())
+        return log_p, log_joint
 
     # --------------------------------------------------------------------------- trainer API
     def validate(self) -> dict[str, float]:

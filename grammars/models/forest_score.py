@@ -217,6 +217,17 @@ class SharedGrammarForestScores:
         return forest_node_terms(*self._forest_inputs(ids, lengths, trees, tables),
                                  parent_conditioned=self.parent_conditioned)
 
+    def log_joint_bracketing(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
+                             tables=None) -> torch.Tensor:
+        """log p_θ(x, s) = log Σ_labels p_θ(x, z) over the labelings of each tree's bracketing s
+        (labels ignored; `grammars.models.bracketing_score`): (B,)."""
+        from grammars.models.bracketing_score import bracketing_log_prob
+
+        structure, _, words, roots, rules, emissions, _ = self._forest_inputs(
+            ids, lengths, trees, tables)
+        return bracketing_log_prob(structure, words, roots[0], rules[0], emissions[0],
+                                   self.parent_conditioned)
+
     def _forest_inputs(self, ids, lengths, trees: BinaryTrees, tables=None):
         from grammars.models.layers import masked_ids
 
