@@ -14,9 +14,9 @@ The root adds log Σ_A p(root = A) exp μ_root(ROOT, A). For a context-free gram
 one context and ν does not depend on A: the same recursion with the P and A-of-ν axes of
 size 1, i.e. the inside algorithm restricted to the spans of s.
 
-Nodes of one width are processed together (children are narrower), one GEMM per width:
-the rule table in the linear domain against the right child's ν, contracted with the left
-child's ν. Messages are max-shifted per node and context, so nothing underflows but terms
+Nodes of one width are processed together (children are narrower), two batched GEMMs per
+width: the rule table in the linear domain against the right child's ν, then against the
+left child's ν; one host sync per call (how many nodes each width has). Messages are max-shifted per node and context, so nothing underflows but terms
 more than ~87 nats (float32) below a node's best, as in `grammars.inside`.
 """
 from __future__ import annotations
@@ -48,24 +48,29 @@ def bracketing_log_prob(structure: ForestStructure, words: torch.Tensor, roots: 
          else lin[0].permute(2, 0, 1).reshape(1, S, NT * S))
     emitted = emissions.permute(2, 0, 1)                            # (V, CE, T)
 
-    width = structure.end - structure.start
+    # nodes ordered by width (children are narrower), with one host sync for the counts
+    width = torch.where(present, structure.end - structure.start, structure.end.new_zeros(()))
+    order = torch.argsort(width.flatten(), stable=True)
+    counts = torch.bincount(width.flatten(), minlength=2).tolist()
+    node_b, node_m = order // M, order % M
+    tiny = torch.finfo(dtype).tiny
     msgs = torch.zeros(B, M, C, NT, dtype=dtype, device=device)     # μ(P, A) per node
-    for w in range(2, int(lengths.max()) + 1 if B else 0):
-        bi, mi = (present & (width == w)).nonzero(as_tuple=True)
-        if bi.numel() == 0:
+    done = counts[0] + counts[1]                                    # absent nodes come first
+    for k in counts[2:]:
+        if k == 0:
             continue
+        bi, mi = node_b[done:done + k], node_m[done:done + k]
+        done += k
         nu_left, s_left = _child_nu(msgs, structure.left[bi, mi], bi,
                                     words[bi, structure.start[bi, mi]], emitted, K, NT)
         nu_right, s_right = _child_nu(msgs, structure.right[bi, mi], bi,
                                       words[bi, structure.end[bi, mi] - 1], emitted, K, NT)
         Z = nu_right.transpose(0, 1) @ Q                            # (K, k, X)
-        k = bi.shape[0]
         if parent_conditioned:      # Y[k, P, A] = Σ_b Z[A, k, P, b] ν_left[k, A, b]
-            Y = (Z.view(NT, k, C, S) * nu_left.transpose(0, 1)[:, :, None, :]).sum(-1)
-            Y = Y.permute(1, 2, 0)
+            Y = Z.view(NT * k, C, S) @ nu_left.transpose(0, 1).reshape(NT * k, S, 1)
+            Y = Y.view(NT, k, C).permute(1, 2, 0)
         else:                       # Y[k, 0, A] = Σ_b Z[0, k, A, b] ν_left[k, 0, b]
-            Y = (Z.view(k, NT, S) * nu_left).sum(-1)[:, None, :]
-        tiny = torch.finfo(dtype).tiny
+            Y = (Z.view(k, NT, S) @ nu_left.transpose(1, 2)).transpose(1, 2)
         mu = (torch.log(Y.clamp_min(tiny)) + shift[None]
               + (s_left + s_right)[:, None, :])                     # (k, C, NT)
         msgs = msgs.index_put((bi, mi), mu)
