@@ -11,9 +11,9 @@ compositional latent variable models". One training step on a batch of inputs x:
 2. **M-step**, only when an exponential moving average of the E-loss over the previous
    batches is below τ(g) (`schedules.ThresholdSchedule`; g counts M-steps; the current batch
    is left out of the decision so that M-steps do not select batches by their own E-loss):
-   draw z from the sampler (optionally
-   refined by local search, or reusing the E-step's latents), minimise −mean log p_θ(x, z)
-   (or a family's Rao-Blackwellized `mstep_log_likelihood`, e.g. labels summed out);
+   draw z from the sampler (optionally refined by local search, or reusing the E-step's
+   latents), minimise −mean log p_θ(x, z) (or a family's Rao-Blackwellized
+   `mstep_log_likelihood`, e.g. labels summed out);
    with `importance_weighted`, minimise −Σ_m w̃_m log p_θ(x, z_m) per x instead, with
    w̃ = softmax_m(log p_θ(x, z_m) + log P_B(τ_m | z_m) − log q(τ_m)) over the M samples of each
    x (q the density the samples were actually drawn from: the behaviour policy). Only θ moves.
