@@ -18,7 +18,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch-struct==0.5", "matplotlib"],
+        "test": ["pytest>=8", "torch-struct==0.5", "matplotlib", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["gfnem=gfnem_cli.app:main"]},
 )

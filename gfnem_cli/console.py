@@ -1,4 +1,8 @@
-"""Shared rich consoles and the decorator that turns user errors into one clean line."""
+"""Shared rich consoles and the decorator that turns user errors into one clean line.
+
+Errors and warnings are printed with `soft_wrap`, so a message stays one line however narrow
+the terminal or pipe is: log scrapers and `grep` see the whole of it.
+"""
 from __future__ import annotations
 
 import functools
@@ -12,23 +16,38 @@ err_console = Console(stderr=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {_escape(message)}", highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def friendly_errors(command):
-    """Wrap a Typer command: a GfnemError becomes `error: ...` on stderr and exit code 2."""
+    """Wrap a Typer command: a GfnemError, or an OSError no deeper layer turned into one (a
+    full disk, a read-only output), becomes `error: ...` on stderr and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from gfnem_cli.engine.errors import GfnemError
+        from gfnem_cli.engine.files import os_error
 
         try:
             return command(*args, **kwargs)
         except GfnemError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            error_line(_escape(str(exc)))
+            raise typer.Exit(2)
+        except OSError as exc:
+            error_line(_escape(str(os_error(exc, doing="cannot read or write"))))
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")
             sys.exit(130)
 
     return wrapper
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

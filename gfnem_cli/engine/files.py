@@ -1,0 +1,91 @@
+"""Writing user-visible files so that a failure never leaves a torn or half-replaced one.
+
+Every file gfnem writes (checkpoints, configs, reports, parses, JSON) goes through here: the
+bytes land in a temporary sibling, are flushed to disk, and are renamed over the target, so
+a reader (or a crash) sees either the old file or the new one. Output paths are checked
+before any work starts (`check_output_file`), so a command that will not be able to write
+its result refuses at once instead of after an hour of decoding.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from gfnem_cli.engine.errors import GfnemError
+
+FILE_MODE = 0o644   # what a plain `open(..., "w")` gives under the usual umask
+
+
+def os_error(exc: OSError, path: object | None = None, doing: str = "cannot write") -> GfnemError:
+    """An OSError as the one-line user error: which file, what went wrong, what to do."""
+    where = path if path is not None else (exc.filename or None)
+    reason = exc.strerror or str(exc)
+    hints = {errno.ENOSPC: "free some disk space and run the command again",
+             errno.EROFS: "choose an output on a writable filesystem",
+             errno.EACCES: "choose an output you may write to",
+             errno.EPERM: "choose an output you may write to",
+             errno.EISDIR: "give a file name, not a directory",
+             errno.ENOTDIR: "a parent of this path is a file, not a directory",
+             errno.EDQUOT: "free some space within your quota and run the command again"}
+    return GfnemError(f"{doing}: {reason}", where, hint=hints.get(exc.errno))
+
+
+def write_atomic(path: Path, write: Callable[[object], None], binary: bool = True) -> None:
+    """Call `write(handle)` on a temporary sibling of `path`, fsync, then rename it over `path`.
+
+    The temporary file is removed on any failure; OSErrors become one-line `GfnemError`s.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise GfnemError("is a directory, not a file", path, hint="give a file name")
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, FILE_MODE)
+        mode = "wb" if binary else "w"
+        kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise os_error(exc, path) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda handle: handle.write(text), binary=False)
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse, before any work, an output that names a directory or sits where no file can
+    be created (missing permissions, a read-only filesystem); nothing is left behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise GfnemError("is a directory, not a file", path, hint="give a file name")
+    parent = path.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GfnemError("a parent of this path is a file, not a directory", path)
+    check_writable_dir(existing, path)
+
+
+def check_writable_dir(directory: Path, shown: object | None = None) -> None:
+    """Create and delete a probe file in `directory`: the only test that sees read-only
+    mounts and root-owned folders alike (`os.access` is always true for root)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gfnem-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise os_error(exc, shown if shown is not None else directory) from None
