@@ -1,38 +1,31 @@
 """A grammar run directory: start or resume training from a recipe, and load a trained model.
 
-Layout: RUN/config.yaml (the resolved recipe), RUN/vocab.json (so parsing needs no corpus),
-RUN/metrics.jsonl, RUN/checkpoints/{last,best}.pt, RUN/report.json.
+The lifecycle (checks first, atomic writes after) is the engine's (`engine/runs.py`); this
+module adds what a grammar run keeps beside the engine's files: RUN/vocab.json (so parsing
+needs no corpus), RUN/corpus_manifest.json and, for a synthetic corpus, RUN/true_grammar.json.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from gfnem_cli.engine import checkpoint as ckpt
-from gfnem_cli.engine.config import flatten, resolve_config, save_config
+from gfnem_cli.engine.config import flatten, merge_into, resolve_config
 from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.runs import (BEST, LAST, check_resume_config, check_start, inspect_run_dir,
+                                   read_saved_config, resolve_device, run_info, same_config,
+                                   write_run_files)
 from gfnem_cli.engine.trainer import Trainer, TrainerOptions
 from grammars.batching import BucketedSchedule, in_order_batches
 from grammars.corpus import load_corpus
 from grammars.recipe import GRAMMAR_DEFAULTS
 from grammars.vocabulary import Vocabulary
 
-RESUMABLE_CHANGES = {"train.steps", "train.max_model_updates", "train.eval_every", "train.checkpoint_every"}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise GfnemError(f"unknown device '{name}'", hint="use auto, cpu or cuda")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GfnemError("--device cuda was asked for but no CUDA device is visible",
-                         hint="use --device cpu")
-    return torch.device(name)
+# keys --resume may change: how long to train and how often to evaluate and checkpoint
+RESUMABLE_CHANGES = {"train.steps", "train.max_model_updates", "train.eval_every",
+                     "train.checkpoint_every"}
 
 
 def inside_backend(name: str):
@@ -53,22 +46,33 @@ def build_model(config: dict, vocab_size: int):
                          **sizes)
 
 
-def _check_resume_config(saved: dict, wanted: dict, run_dir: Path) -> None:
-    old, new = flatten(saved), flatten(wanted)
-    for key in sorted(set(old) | set(new)):
-        if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
-            raise GfnemError(f"--resume with a different '{key}' ({old.get(key)!r} in the run, "
-                             f"{new.get(key)!r} now)", run_dir / "config.yaml",
-                             hint="resume with the recipe and --set values the run began with")
+def saved_config(run_dir: Path) -> dict:
+    """The run's config.yaml, checked against the schema like a recipe (a hand-edited one
+    that no longer validates is a one-line error, not a traceback later)."""
+    tree = read_saved_config(run_dir)
+    return merge_into(GRAMMAR_DEFAULTS, flatten(tree), str(Path(run_dir) / "config.yaml"))
+
+
+def split_ids(corpus, split: str, role: str, key: str) -> list:
+    """A split a recipe names must exist and hold sentences: a typo must not train silently
+    with no validation (a "best" checkpoint chosen on nothing)."""
+    if split not in corpus.data:
+        raise GfnemError(f"{key}={split!r}: the corpus has no such split (it has "
+                         f"{', '.join(f'{n} ({len(d):,})' for n, d in corpus.data.items())})",
+                         corpus.path, hint=f"set {key} to one of them")
+    ids = corpus.column(split, "ids")
+    if not ids:
+        raise GfnemError(f"{key}={split!r}: the {role} split is empty", corpus.path,
+                         hint="prepare the corpus with sentences in it, or name another split")
+    return ids
 
 
 def _build_method(config: dict, model, corpus, device, inside):
     train = config["train"]
-    valid_split = config["data"]["valid_split"]
-    valid = corpus.column(valid_split, "ids") if valid_split in corpus.data else []
+    valid = split_ids(corpus, config["data"]["valid_split"], "validation", "data.valid_split")
     limit = config["data"]["max_valid_sentences"]
     valid = valid[:limit] if limit > 0 else valid
-    valid_batches = in_order_batches(valid, train["eval_batch_size"]) if valid else []
+    valid_batches = in_order_batches(valid, train["eval_batch_size"])
     method = config["method"]
     if method == "marginal":
         from grammars.exact_em import ExactMarginalMethod
@@ -85,24 +89,20 @@ def _build_method(config: dict, model, corpus, device, inside):
 
 
 def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool,
-              device: str = "auto", show_progress: bool = True) -> dict:
+              device: str = "auto", show_progress: bool = True,
+              command: list[str] | None = None) -> dict:
+    """Check everything, then write: a refused start or resume leaves `out` as it was."""
     out = Path(out)
     config = resolve_config(GRAMMAR_DEFAULTS, recipe, overrides)
-    config_path = out / "config.yaml"
+    state = inspect_run_dir(out)
+    check_start(state, resume)
     if resume:
-        if not (out / "checkpoints" / "last.pt").exists():
-            raise GfnemError("nothing to resume: no checkpoint in this run", out,
-                             hint="drop --resume to start it")
-        saved = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        _check_resume_config(saved, config, out)
-    elif (out / "checkpoints" / "last.pt").exists():
-        raise GfnemError("this directory already holds a run", out,
-                         hint="pass --resume to continue it, or choose another --out")
+        check_resume_config(saved_config(out), config, RESUMABLE_CHANGES, out)
     if not config["data"]["path"]:
         raise GfnemError("the recipe names no corpus", recipe,
                          hint="set data.path to a folder written by `gfnem prepare`")
     corpus = load_corpus(Path(config["data"]["path"]))
-    train_ids = corpus.column(config["data"]["train_split"], "ids")
+    train_ids = split_ids(corpus, config["data"]["train_split"], "training", "data.train_split")
     if not any(len(s) >= 2 for s in train_ids):
         raise GfnemError("the training split has no sentence of two or more words",
                          corpus.path)
@@ -119,18 +119,26 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
                              eval_every=train["eval_every"],
                              checkpoint_every=train["checkpoint_every"],
                              show_progress=show_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, config_path)
-    corpus.vocab.save(out / "vocab.json")
-    shutil.copy(corpus.path / "manifest.json", out / "corpus_manifest.json")
-    if (corpus.path / "grammar.json").exists():
-        shutil.copy(corpus.path / "grammar.json", out / "true_grammar.json")
     trainer = Trainer(out, method, schedule, options, config, corpus.manifest["fingerprint"],
                       items_in=len)
-    if resume:
-        trainer.resume()
+    resumed = resume and state.has_checkpoint   # a run killed before its first checkpoint
+    checkpoint = trainer.load_checkpoint() if resumed else None   # starts again from step 0
+    if checkpoint is not None and not same_config(checkpoint["config"], saved_config(out),
+                                                  RESUMABLE_CHANGES):
+        raise GfnemError("config.yaml does not match the run's checkpoint", out / "config.yaml",
+                         hint="restore the run's config.yaml")
+    # every check passed: from here on files are written, each atomically
+    files = {"vocab.json": (corpus.path / "vocab.json").read_text(encoding="utf-8"),
+             "corpus_manifest.json": (corpus.path / "manifest.json").read_text(encoding="utf-8")}
+    if (corpus.path / "grammar.json").exists():
+        files["true_grammar.json"] = (corpus.path / "grammar.json").read_text(encoding="utf-8")
+    write_run_files(out, config, files,
+                    run_info(out, dev, checkpoint["step"] if checkpoint else None, command))
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
     else:
         ckpt.seed_everything(train["seed"])
+    trainer.start_metrics(resumed=checkpoint is not None)
     return trainer.fit()
 
 
@@ -150,22 +158,37 @@ class TrainedRun:
         return inside_backend(self.config["inside"])
 
 
-def load_run(run_dir: Path, device: str = "auto", which: str = "best") -> TrainedRun:
+def load_run(run_dir: Path, device: str = "auto", which: str = BEST,
+             on_warning=None) -> TrainedRun:
+    """A trained run, checked: config.yaml valid, the checkpoint readable and made by this
+    config, its tensors the shapes the config and vocabulary give."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise GfnemError("not a gfnem run directory (no config.yaml)", run_dir,
-                         hint="create one with `gfnem train RECIPE --out DIR`")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    if which not in (BEST, LAST):
+        raise GfnemError(f"unknown checkpoint {which!r}", hint="use best or last")
+    config = saved_config(run_dir)
     vocab = Vocabulary.load(run_dir / "vocab.json")
     path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.exists() and which == BEST:
+        path = run_dir / "checkpoints" / f"{LAST}.pt"
+        if path.exists() and on_warning is not None:
+            on_warning(f"{run_dir}: no best.pt (the run was never validated); using last.pt")
     if not path.exists():
-        path = run_dir / "checkpoints" / "last.pt"
+        raise GfnemError("this run has no checkpoint yet", run_dir,
+                         hint="let `gfnem train` reach its first checkpoint, or resume it")
     state = ckpt.load(path)
+    if not same_config(state["config"], config, RESUMABLE_CHANGES):
+        raise GfnemError(f"config.yaml does not match the checkpoint {path.name}",
+                         run_dir / "config.yaml", hint="restore the run's config.yaml")
     dev = resolve_device(device)
-    model = build_model(config, len(vocab))
-    model.load_state_dict(state["method"]["model"])
-    model.to(dev).eval()
     from grammars.em_methods import load_sampler
 
-    sampler = load_sampler(config, len(vocab), state["method"], dev)
+    try:
+        model = build_model(config, len(vocab))
+        model.load_state_dict(state["method"]["model"])
+        sampler = load_sampler(config, len(vocab), state["method"], dev)
+    except (KeyError, RuntimeError) as exc:
+        raise GfnemError(f"the checkpoint does not fit config.yaml and vocab.json "
+                         f"({type(exc).__name__})", path,
+                         hint="restore the run's own vocab.json and config.yaml") from None
+    model.to(dev).eval()
     return TrainedRun(run_dir, config, vocab, model, state["method"], state["step"], dev, sampler)

@@ -6,7 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from gfnem_cli.console import console, err_console, friendly_errors
+from rich.markup import escape
+
+from gfnem_cli.console import console, err_console, friendly_errors, warn
 
 
 @friendly_errors
@@ -28,19 +30,32 @@ def train(
     Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with code
     130; `--resume` then continues exactly. The run directory is never deleted.
     """
+    import shlex
+    import sys
+
     from gfnem_cli.engine.trainer import TrainingInterrupted
     from grammars.run import train_run
 
+    command = ["gfnem", "train", str(recipe), "--out", str(out)]
+    for override in overrides or []:
+        command += ["--set", override]
     try:
         report = train_run(recipe, out, overrides or [], resume=resume, device=device,
-                           show_progress=not quiet)
+                           show_progress=not quiet, command=["gfnem", *sys.argv[1:]])
     except TrainingInterrupted as stop:
-        err_console.print(f"[bold yellow]{stop}[/]; continue with "
-                          f"`gfnem train {recipe} --out {out} --resume`")
+        again = " ".join(shlex.quote(part) for part in command + ["--resume"])
+        err_console.print(f"[bold yellow]{escape(str(stop))}[/]; continue with `{escape(again)}`",
+                          soft_wrap=True, highlight=False)
         raise typer.Exit(130)
+    if report.get("ended_on_nonfinite_steps"):
+        warn(f"the last {report['ended_on_nonfinite_steps']} steps had non-finite losses and "
+             "were skipped; the checkpoint holds the parameters of the last good step")
+    elif report.get("nonfinite_steps_skipped"):
+        warn(f"{report['nonfinite_steps_skipped']} steps with non-finite losses were skipped")
     best = report.get("best", {})
     console.print(f"[bold green]done[/]: {report['steps']} steps ({report['model_updates']} "
                   f"grammar updates) in {report['train_seconds']} s; "
                   + (f"best val NLL/token {best['val_nll_per_token']:.4f} at step "
-                     f"{report['best_step']}; " if "val_nll_per_token" in best else "")
-                  + f"run in {out}")
+                     f"{report['best_step']}; " if best.get("val_nll_per_token") is not None
+                     else "")
+                  + f"run in {escape(str(out))}", highlight=False, soft_wrap=True)

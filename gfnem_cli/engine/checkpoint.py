@@ -6,9 +6,8 @@ torn file.
 """
 from __future__ import annotations
 
-import os
+import io
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +15,19 @@ import numpy as np
 import torch
 
 from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.files import write_atomic
 
 FORMAT_VERSION = 1
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Serialize in memory, then write through `files.write_atomic`: a full disk or a read-only
+    output is then a plain OSError (torch's own writer turns it into an opaque RuntimeError)
+    and becomes a one-line error, and the previous checkpoint at `path` stays intact."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    write_atomic(Path(path), lambda handle: handle.write(payload))
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -42,10 +36,16 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise GfnemError("no checkpoint here", path, hint="train a model first with `gfnem train`")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise GfnemError(f"cannot read checkpoint ({type(exc).__name__})", path) from None
+    except Exception as exc:  # a truncated, corrupted or foreign file
+        raise GfnemError(f"cannot read checkpoint ({type(exc).__name__}): the file is damaged "
+                         "or not a checkpoint", path,
+                         hint="restore it from a copy, or start the run again") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise GfnemError("not a gfnem checkpoint of this version", path)
+    missing = [key for key in ("step", "method", "config") if key not in state]
+    if missing:
+        raise GfnemError(f"checkpoint lacks {', '.join(missing)}", path,
+                         hint="restore it from a copy, or start the run again")
     return state
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.files import os_error, write_text_atomic
 
 
 class NonFiniteLoss(Exception):
@@ -111,33 +112,64 @@ class Trainer:
     def save(self) -> None:
         ckpt.save_atomic(self._state(), self.last_path)
 
-    def resume(self) -> None:
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Read and check the last checkpoint without writing anything (a refused resume must
+        leave the run as it was); `restore` then applies it."""
         state = ckpt.load(self.last_path)
-        if state["data_fingerprint"] != self.fingerprint:
+        if state.get("data_fingerprint") != self.fingerprint:
             raise GfnemError("this checkpoint was trained on another data set "
-                             f"(fingerprint {state['data_fingerprint'][:12]}, data has "
-                             f"{self.fingerprint[:12]})", self.last_path,
+                             f"(fingerprint {str(state.get('data_fingerprint'))[:19]}, data has "
+                             f"{self.fingerprint[:19]})", self.last_path,
                              hint="resume with the corpus the run was started on")
-        self.method.load_state_dict(state["method"])
-        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        self.best, self.nonfinite_total = state["best"], state["nonfinite_total"]
-        self.elapsed = state.get("elapsed", 0.0)
-        ckpt.restore_rng(state["rng"])
-        self._truncate_metrics_after(self.step)
+        if state["step"] > self.options.steps:
+            raise GfnemError(f"the run is already at step {state['step']}, past "
+                             f"train.steps={self.options.steps}", self.last_path,
+                             hint="raise train.steps to continue it")
+        return state
 
-    def _truncate_metrics_after(self, step: int) -> None:
-        """Lines logged after the checkpoint belong to steps that will be run again."""
+    def restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.method.load_state_dict(state["method"])
+            self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+            self.best, self.nonfinite_total = state["best"], state["nonfinite_total"]
+            ckpt.restore_rng(state["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise GfnemError(f"checkpoint does not fit this run ({type(exc).__name__})",
+                             self.last_path, hint="restore it, or start a new run") from None
+        self.elapsed = state.get("elapsed", 0.0)
+
+    def resume(self) -> None:
+        """Load, check and apply the last checkpoint, and trim the log to it."""
+        self.restore(self.load_checkpoint())
+        self.start_metrics(resumed=True)
+
+    def start_metrics(self, resumed: bool) -> None:
+        """A fresh start replaces any old log (a run killed before its first checkpoint left
+        one); a resume drops the lines of steps after the checkpoint, which will run again."""
+        if not resumed:
+            write_text_atomic(self.metrics_path, "")
+            return
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill in mid-write
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= self.step:
+                kept.append(line)
+        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     # ---------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        record = {"time": round(time.time(), 3), **{k: _finite_or_none(v)
+                                                    for k, v in record.items()}}
+        try:
+            with self.metrics_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as exc:
+            raise os_error(exc, self.metrics_path) from None
 
     def _validate(self) -> dict[str, float]:
         metrics = self.method.validate()
@@ -217,8 +249,9 @@ class Trainer:
                 if self.step % opts.eval_every == 0 or finished:
                     self._validate()
                     progress.update(task, live=_live({**last_metrics, **self.best["metrics"]}))
-                # never overwrite the last good checkpoint during a run of bad steps
-                if in_a_row == 0 and (self.step % opts.checkpoint_every == 0 or finished):
+                # never overwrite the last good checkpoint during a run of bad steps; a skipped
+                # step changes no parameter, so the state at the end is always good to keep
+                if finished or (in_a_row == 0 and self.step % opts.checkpoint_every == 0):
                     self.save()
                 if stop.requested and not finished:
                     self.save()
@@ -227,9 +260,22 @@ class Trainer:
                   "epochs_started": self.epoch + 1,
                   "train_seconds": round(self.elapsed, 2), "best_step": self.best["step"],
                   "best": self.best["metrics"], "last_train": last_metrics,
-                  "nonfinite_steps_skipped": self.nonfinite_total}
-        (self.run_dir / "report.json").write_text(json.dumps(report, indent=2))
+                  "nonfinite_steps_skipped": self.nonfinite_total,
+                  "ended_on_nonfinite_steps": in_a_row}
+        write_text_atomic(self.run_dir / "report.json",
+                          json.dumps(_finite_or_none(report), indent=2, allow_nan=False) + "\n")
         return report
+
+
+def _finite_or_none(value):
+    """Strict JSON has no NaN or Infinity: a non-finite figure is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def _live(metrics: dict[str, float]) -> str:

@@ -1,0 +1,193 @@
+"""Run directories: every check before the first write, then files replaced atomically.
+
+A run directory holds `config.yaml` (the resolved recipe), `run_info.json` (what made the
+run: version, commit, command line, device, library versions, start and resume times),
+`metrics.jsonl`, `checkpoints/{last,best}.pt`, `report.json`, and whatever inputs a family
+copies in so the run needs nothing else (a vocabulary, the corpus manifest). The lifecycle is
+the same for every family:
+
+1. `inspect_run_dir` reads what is there (nothing is written) and `check_start` decides whether
+   this command may start or resume it; a refusal leaves every byte as it was.
+2. The family builds its model, loads its data, and (on resume) the trainer loads and checks
+   the checkpoint, still without writing.
+3. Only then `write_run_files` replaces the files, each atomically.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from gfnem_cli.engine.config import flatten
+from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
+
+LAST, BEST = "last", "best"
+RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "report.json", "checkpoints")
+
+
+@dataclass
+class RunDirState:
+    """What a run directory holds before this command touches it."""
+
+    path: Path
+    exists: bool
+    has_config: bool            # config.yaml: a run was started here
+    has_checkpoint: bool        # checkpoints/last.pt: it got at least one checkpoint
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoints" / f"{LAST}.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise GfnemError(f"unknown device '{name}'", hint="use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GfnemError("--device cuda was asked for but no CUDA device is visible",
+                         hint="use --device cpu")
+    return torch.device(name)
+
+
+def inspect_run_dir(out: Path) -> RunDirState:
+    """Refuse an --out that is a file, a non-run folder with other files, or unwritable."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GfnemError("--out names a file, not a run directory", out,
+                         hint="choose a directory name for the run")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GfnemError("a parent of --out is a file, not a directory", out)
+    has_config = (out / "config.yaml").is_file()
+    if out.exists() and not has_config:
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise GfnemError(f"exists and is not a gfnem run directory (it holds "
+                             f"{', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})",
+                             out, hint="choose another --out")
+    check_writable_dir(existing, out)
+    if (out / "checkpoints").is_dir():
+        check_writable_dir(out / "checkpoints")
+    return RunDirState(out, out.exists(), has_config, (out / "checkpoints" / "last.pt").is_file())
+
+
+def check_start(state: RunDirState, resume: bool) -> None:
+    """May this command start (or resume) the run? Raises before anything is written."""
+    if resume and not state.has_config:
+        raise GfnemError("nothing to resume: no run was started here", state.path,
+                         hint="drop --resume to start it")
+    if not resume and state.has_checkpoint:
+        raise GfnemError("this directory already holds a run", state.path,
+                         hint="pass --resume to continue it, or choose another --out")
+
+
+def read_saved_config(run_dir: Path) -> dict:
+    """The run's `config.yaml` as a mapping, or a one-line error for a damaged one."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GfnemError("not a gfnem run directory (no config.yaml)", run_dir,
+                         hint="create one with `gfnem train RECIPE --out DIR`") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise GfnemError(f"unreadable run config ({type(exc).__name__})", path,
+                         mark.line + 1 if mark is not None else None,
+                         hint="restore it, or start a new run") from None
+    if not isinstance(tree, dict):
+        raise GfnemError("a run config must be a mapping of keys to values", path)
+    return tree
+
+
+def check_resume_config(saved: dict, wanted: dict, resumable: set[str], run_dir: Path) -> None:
+    """Only the keys in `resumable` (steps, caps, intervals) may change on --resume."""
+    old, new = flatten(saved), flatten(wanted)
+    for key in sorted(set(old) | set(new)):
+        if key not in resumable and old.get(key) != new.get(key):
+            raise GfnemError(f"--resume with a different '{key}' ({old.get(key)!r} in the run, "
+                             f"{new.get(key)!r} now)", Path(run_dir) / "config.yaml",
+                             hint="resume with the recipe and --set values the run began with")
+
+
+def same_config(a: dict, b: dict, ignore: set[str]) -> bool:
+    fa, fb = flatten(a), flatten(b)
+    return all(fa.get(k) == fb.get(k) for k in set(fa) | set(fb) if k not in ignore)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files a killed write left behind (never a finished file)."""
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
+
+def write_run_files(out: Path, config: dict, files: dict[str, str], info: dict) -> None:
+    """config.yaml, the family's own files and run_info.json, each replaced atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    write_text_atomic(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    for name, text in files.items():
+        write_text_atomic(out / name, text)
+    write_text_atomic(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+
+
+def run_info(out: Path, device: torch.device, resumed_from: int | None,
+             command: list[str] | None = None) -> dict[str, Any]:
+    """What made this run, kept across resumes (each resume is appended)."""
+    path = Path(out) / "run_info.json"
+    info: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            info = {}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    entry = {"time": now, "command": command if command is not None else sys.argv,
+             "device": str(device), "host": platform.node()}
+    if resumed_from is None or not info:
+        info = {"gfnem_version": _version(), "commit": _commit(), "python": sys.version.split()[0],
+                "torch": torch.__version__, "cuda": torch.version.cuda,
+                "started": entry, "resumes": []}
+    else:
+        info.setdefault("resumes", []).append({**entry, "from_step": resumed_from})
+    return info
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gfnem")
+    except Exception:  # not installed as a distribution (run from a source tree)
+        return "unknown"
+
+
+def _commit() -> str | None:
+    """The source tree's git commit (with `-dirty` when it has local changes), if any."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5,
+                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
