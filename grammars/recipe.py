@@ -143,7 +143,8 @@ def grammar_conflicts(config: dict):
     name = objective["name"]
     if name in DIVERGENCES and sampler["learn_backward"]:
         yield Conflict(("objective.name", "sampler.learn_backward"),
-                       f"objective {name} keeps P_B fixed: it needs a uniform backward policy",
+                       f"objective {name} keeps P_B fixed: it needs sampler.learn_backward: "
+                       "false (a uniform backward policy)",
                        "set sampler.learn_backward: false")
     if name in DIVERGENCES + ("vargrad",) and sampler["samples_per_input"] < 2:
         yield Conflict(("sampler.samples_per_input", "objective.name"),
