@@ -4,26 +4,29 @@ A prepared corpus directory holds the DatasetDict (one row per sentence: `words`
 `ids`, `gold_spans`, `tree`, `source`), `vocab.json` and `manifest.json` (kind, options,
 counts per split and a content fingerprint, so a checkpoint can refuse another data set).
 Every split decision is recorded in the manifest, because a ratio split of a PTB sample is
-not the standard WSJ split and reports must say which one was used.
+not the standard WSJ split and reports must say which one was used. An empty result is an
+error that gives the counts of what was read, skipped and dropped, so the cause is visible.
+Splitting lives in `corpus_splits`, the files on disk in `corpus_disk`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from gfnem_cli.engine.errors import GfnemError
+from grammars.corpus_disk import (MANIFEST_FORMAT, Corpus, check_output_dir,  # noqa: F401
+                                  load_corpus, save_corpus, to_dataset_dict)
+from grammars.corpus_splits import (SPLITS, WSJ_SECTIONS, check_ratios,  # noqa: F401
+                                    choose_split, parse_ratios, ratio_bounds, split_files,
+                                    starved_splits)
 from grammars.treebank import (WORD_TAGS, SourcedTree, Span, clean_tree, collect_files,
-                               parse_bracketed, read_text, wsj_section)
+                               parse_bracketed, read_text, split_lines)
 from grammars.vocabulary import Vocabulary, normalize_word
 
-SPLITS = ("train", "valid", "test")
-WSJ_SECTIONS = {"train": range(2, 22), "valid": range(22, 23), "test": range(23, 24)}
-MANIFEST_FORMAT = 1
 Warn = Callable[[str], None]
 
 
@@ -72,109 +75,115 @@ class PreparedCorpus:
 
 # --------------------------------------------------------------------------- from trees
 
-def sentences_from_trees(trees: Sequence[SourcedTree]) -> tuple[list[Sentence], int]:
+@dataclass
+class TreeCounts:
+    """What reading a treebank did, for the manifest and for an empty corpus's message."""
+
+    files: int = 0
+    trees: int = 0
+    bad: int = 0
+    dropped: int = 0
+    dropped_tags: Counter = field(default_factory=Counter)   # leaf tags of dropped trees
+
+
+def sentences_from_trees(trees: Sequence[SourcedTree], counts: TreeCounts | None = None
+                         ) -> tuple[list[Sentence], int]:
     """Clean each tree (word tags only); sentences left with no words are dropped and counted."""
     kept: list[Sentence] = []
     for item in trees:
         words, spans = clean_tree(item.tree, WORD_TAGS)
         if words:
             kept.append(Sentence(words, spans, item.tree.to_string(), item.source))
+        elif counts is not None:
+            counts.dropped_tags.update(tag for tag, _ in item.tree.leaves())
+    if counts is not None:
+        counts.trees += len(trees)
+        counts.dropped += len(trees) - len(kept)
     return kept, len(trees) - len(kept)
 
 
-def ratio_bounds(count: int, ratios: Sequence[float]) -> list[int]:
-    """Cut points for `count` items in order: cumulative ratios rounded (199 → 159/20/20)."""
-    total, cuts = 0.0, [0]
-    for ratio in ratios:
-        total += ratio
-        cuts.append(min(count, int(round(total * count))))
-    cuts[-1] = count
-    return cuts
-
-
-def check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise GfnemError(f"--ratios must be three non-negative numbers summing to 1 "
-                         f"(train,valid,test), got {','.join(map(str, ratios))}")
-    return ratios
-
-
-def parse_ratios(text: str) -> tuple[float, ...]:
-    try:
-        return check_ratios([float(part) for part in text.split(",")])
-    except ValueError:
-        raise GfnemError(f"--ratios must look like 0.8,0.1,0.1, got {text!r}") from None
-
-
-def choose_split(mode: str, files: Sequence[Path]) -> tuple[str, str | None]:
-    """Resolve `auto`: WSJ splits only when the standard sections are there; else ratio."""
-    if mode not in ("auto", "wsj", "ratio", "none"):
-        raise GfnemError(f"unknown split {mode!r}", hint="use auto, wsj, ratio or none")
-    if mode != "auto":
-        return mode, None
-    sections = {wsj_section(f) for f in files}
-    if None not in sections and sections & set(WSJ_SECTIONS["train"]) and 23 in sections:
-        return "wsj", "sections §02–21/§22/§23 found: using the standard WSJ split"
-    shown = sorted(s for s in sections if s is not None)
-    why = (f"only WSJ sections {', '.join(f'{s:02d}' for s in shown)} are present"
-           if shown else "no WSJ sections are visible in the file names")
-    return "ratio", f"{why}: using a ratio split by file order (not the standard WSJ split)"
-
-
-def split_files(mode: str, files: Sequence[Path], ratios: Sequence[float]
-                ) -> tuple[dict[str, list[Path]], list[Path]]:
-    """Files per split, and the files that belong to no split (other WSJ sections)."""
-    if mode == "none":
-        return {"test": list(files)}, []
-    if mode == "ratio":
-        cuts = ratio_bounds(len(files), ratios)
-        return {name: list(files[cuts[i]:cuts[i + 1]]) for i, name in enumerate(SPLITS)}, []
-    out: dict[str, list[Path]] = {name: [] for name in SPLITS}
-    outside: list[Path] = []
+def _read_treebank(files: Sequence[Path], skip_bad: bool, warn: Warn, counts: TreeCounts
+                   ) -> list[list[Sentence]]:
+    """Kept sentences per file, in file order; malformed trees skipped (warned) or raised."""
+    per_file = []
     for path in files:
-        section = wsj_section(path)
-        if section is None:
-            raise GfnemError("no WSJ section visible (a folder 02..24 or a wsj_SSxx name)", path,
-                             hint="use --split ratio or --split none")
-        name = next((n for n, r in WSJ_SECTIONS.items() if section in r), None)
-        (out[name] if name else outside).append(path)
-    return out, outside
+        trees, errors = parse_bracketed(read_text(path, warn), path, skip_bad)
+        for error in errors:
+            warn(f"skipped: {error}")
+        counts.files += 1
+        counts.bad += len(errors)
+        per_file.append(sentences_from_trees(trees, counts)[0])
+    return per_file
 
 
 def prepare_ptb(paths: Sequence[object], options: PrepareOptions, split: str = "auto",
                 ratios: Sequence[float] = (0.8, 0.1, 0.1), vocab: Vocabulary | None = None,
                 skip_bad: bool = False, on_warning: Warn | None = None) -> PreparedCorpus:
-    """Read bracketed trees from files/directories, clean, split by file, encode."""
+    """Read bracketed trees from files/directories, clean, split by file, encode.
+
+    A ratio split that would leave an asked-for split with no file (one file, or two for
+    three splits) splits the sentences in file order instead, said in a note and recorded
+    as `split.by: sentence` in the manifest.
+    """
+    warn = on_warning or _ignore
     ratios = check_ratios(ratios)
     files = collect_files(paths)
     mode, note = choose_split(split, files)
-    by_split, outside = split_files(mode, files, ratios)
-    splits: dict[str, list[Sentence]] = {}
-    bad, dropped, trees_read = 0, 0, 0
-    for name, members in by_split.items():
-        splits[name] = []
-        for path in members:
-            trees, errors = parse_bracketed(read_text(path, on_warning), path, skip_bad)
-            for error in errors:
-                (on_warning or _ignore)(f"skipped: {error}")
-            bad += len(errors)
-            trees_read += len(trees)
-            kept, empty = sentences_from_trees(trees)
-            dropped += empty
-            splits[name].extend(kept)
     notes = [note] if note else []
+    counts = TreeCounts()
+    starved = starved_splits(len(files), ratios) if mode == "ratio" else []
+    if starved:
+        per_file = _read_treebank(files, skip_bad, warn, counts)
+        kept = [s for sentences in per_file for s in sentences]
+        cuts = ratio_bounds(len(kept), ratios)
+        splits = {name: kept[cuts[i]:cuts[i + 1]] for i, name in enumerate(SPLITS)}
+        reason = (f"{len(files)} file{'s' if len(files) != 1 else ''} cannot be split "
+                  f"{','.join(f'{r:g}' for r in ratios)} by file without leaving "
+                  f"{' and '.join(starved)} empty")
+        notes.append(f"{reason}: splitting the {len(kept):,} sentences in file order instead")
+        split_record = {"mode": mode, "ratios": list(ratios), "by": "sentence",
+                        "fallback": reason,
+                        "sentences": {n: [cuts[i], cuts[i + 1]] for i, n in enumerate(SPLITS)}}
+        outside: list[Path] = []
+    else:
+        by_split, outside = split_files(mode, files, ratios)
+        splits = {name: [s for sentences in _read_treebank(members, skip_bad, warn, counts)
+                         for s in sentences] for name, members in by_split.items()}
+        split_record = {"mode": mode, "ratios": list(ratios) if mode == "ratio" else None,
+                        "by": "file",
+                        "files": {name: _file_range(m) for name, m in by_split.items()}}
     if outside:
         notes.append(f"{len(outside)} files outside §02–23 are not in any split")
-    file_ranges = {name: _file_range(members) for name, members in by_split.items()}
     extra = {"inputs": {"paths": [str(p) for p in paths], "files": len(files),
-                        "trees": trees_read, "files_outside_splits": len(outside)},
-             "split": {"mode": mode, "ratios": list(ratios) if mode == "ratio" else None,
-                       "by": "file", "files": file_ranges},
-             "skipped_bad": bad, "dropped_empty": dropped}
-    corpus = assemble("ptb", splits, options, vocab, extra, on_warning)
+                        "trees": counts.trees, "files_outside_splits": len(outside)},
+             "split": split_record, "skipped_bad": counts.bad, "dropped_empty": counts.dropped}
+    intended = {n for i, n in enumerate(SPLITS) if ratios[i] == 0} if mode == "ratio" else set()
+    corpus = assemble("ptb", splits, options, vocab, extra, on_warning, intended,
+                      lambda over: _empty_treebank(counts, over, options, paths))
     corpus.notes[:0] = notes
     return corpus
+
+
+def _empty_treebank(counts: TreeCounts, over: int, options: PrepareOptions,
+                    paths: Sequence[object]) -> GfnemError:
+    """Why nothing is left, in numbers, and the likeliest fix."""
+    message = (f"empty corpus: no sentence with words is left ({counts.trees:,} trees read "
+               f"from {counts.files:,} file{'s' if counts.files != 1 else ''}; "
+               f"{counts.bad:,} skipped as malformed; {counts.dropped:,} left with no word "
+               f"once non-word leaves were dropped; {over:,} training sentences over "
+               f"--max-train-len {options.max_train_len})")
+    hint = "check the input paths"
+    if counts.dropped and not set(counts.dropped_tags) & WORD_TAGS:
+        seen = ", ".join(tag for tag, _ in counts.dropped_tags.most_common(6))
+        message += (f"; the leaf tags seen ({seen}) are not PTB word tags (only the 36 word "
+                    "tags of Kim et al. 2019, NN, VBD, ..., are kept)")
+        hint = "this reader expects Penn Treebank part-of-speech tags"
+    elif over:
+        hint = "raise --max-train-len, or 0 for no cap"
+    elif counts.bad:
+        hint = "fix the malformed trees"
+    where = paths[0] if len(paths) == 1 else None
+    return GfnemError(message, where, hint=hint)
 
 
 def prepare_trees(trees: Sequence[str], options: PrepareOptions, ratios: Sequence[float],
@@ -182,27 +191,37 @@ def prepare_trees(trees: Sequence[str], options: PrepareOptions, ratios: Sequenc
     """Tree strings with no files (the synthetic sampler): ratio split by sentence order."""
     ratios = check_ratios(ratios)
     text = "\n".join(" ".join(tree.split()) for tree in trees)
+    counts = TreeCounts(files=1)
     parsed, _ = parse_bracketed(text, name)
-    kept, dropped = sentences_from_trees(parsed)
+    kept, dropped = sentences_from_trees(parsed, counts)
     cuts = ratio_bounds(len(kept), ratios)
     splits = {split: kept[cuts[i]:cuts[i + 1]] for i, split in enumerate(SPLITS)}
     extra = {"inputs": {"trees": len(parsed)},
              "split": {"mode": "ratio", "ratios": list(ratios), "by": "sentence"},
              "skipped_bad": 0, "dropped_empty": dropped}
-    return assemble(kind, splits, options, None, extra, on_warning)
+    intended = {n for i, n in enumerate(SPLITS) if ratios[i] == 0}
+    return assemble(kind, splits, options, None, extra, on_warning, intended,
+                    lambda over: _empty_treebank(counts, over, options, [name]))
 
 
 def prepare_text(path: Path, options: PrepareOptions, vocab: Vocabulary | None = None,
                  on_warning: Warn | None = None) -> PreparedCorpus:
     """Raw sentences, one per line, whitespace-tokenized; blank and `#` lines skipped."""
     sentences = []
-    for number, line in enumerate(read_text(Path(path), on_warning).splitlines(), start=1):
+    lines = split_lines(read_text(Path(path), on_warning))
+    for number, line in enumerate(lines, start=1):
         words = line.split()
         if words and not words[0].startswith("#"):
             sentences.append(Sentence(words, [], "", f"{path}:{number}"))
-    extra = {"inputs": {"paths": [str(path)], "lines": len(sentences)},
+    extra = {"inputs": {"paths": [str(path)], "lines": len(sentences),
+                        "line_count": len(lines)},
              "split": {"mode": "none"}, "skipped_bad": 0, "dropped_empty": 0}
-    return assemble("text", {"test": sentences}, options, vocab, extra, on_warning)
+    what = (f"all {len(lines):,} lines are blank or `#` comments" if lines
+            else "the file is empty")
+    return assemble("text", {"test": sentences}, options, vocab, extra, on_warning, set(),
+                    lambda _: GfnemError(f"no sentence to read: {what}", path,
+                                         hint="write one whitespace-tokenized sentence per "
+                                              "line"))
 
 
 def _file_range(files: Sequence[Path]) -> dict:
@@ -217,9 +236,14 @@ def _ignore(_: str) -> None:
 # --------------------------------------------------------------------------- assembling
 
 def assemble(kind: str, splits: dict[str, list[Sentence]], options: PrepareOptions,
-             vocab: Vocabulary | None, extra: dict, on_warning: Warn | None = None
-             ) -> PreparedCorpus:
-    """Cap the training split, normalize, build or reuse the vocabulary, encode, fingerprint."""
+             vocab: Vocabulary | None, extra: dict, on_warning: Warn | None = None,
+             intended_empty: set[str] = frozenset(),
+             empty_error: Callable[[int], GfnemError] | None = None) -> PreparedCorpus:
+    """Cap the training split, normalize, build or reuse the vocabulary, encode, fingerprint.
+
+    Nothing left is `empty_error(over_length)`, the reader's own account of why; a split
+    left empty that was not asked to be (ratio 0) is a warning.
+    """
     warn = on_warning or _ignore
     over = 0
     if "train" in splits and options.max_train_len > 0:
@@ -227,11 +251,11 @@ def assemble(kind: str, splits: dict[str, list[Sentence]], options: PrepareOptio
         over = len(splits["train"]) - len(capped)
         splits = {**splits, "train": capped}
     if not any(splits.values()):
-        raise GfnemError("empty corpus: no sentence with words is left",
-                         hint="check the input paths, --skip-bad and --max-train-len")
+        raise (empty_error(over) if empty_error is not None
+               else GfnemError("empty corpus: no sentence with words is left"))
     for name, sentences in splits.items():
-        if not sentences:
-            warn(f"split {name!r} is empty")
+        if not sentences and name not in intended_empty:
+            warn(f"split {name!r} is empty: commands that name it will refuse it")
     tokens = {name: [[normalize_word(w, options.lowercase, options.replace_digits)
                       for w in s.words] for s in sentences]
               for name, sentences in splits.items()}
@@ -266,110 +290,3 @@ def fingerprint(ids: dict[str, list[list[int]]], spans: dict[str, list[list[Span
                                                                for row in spans[name]]}
         digest.update(json.dumps(payload, separators=(",", ":")).encode())
     return "sha256:" + digest.hexdigest()
-
-
-# --------------------------------------------------------------------------- disk
-
-def _features():
-    import datasets
-
-    ints = datasets.Sequence(datasets.Value("int32"))
-    strings = datasets.Sequence(datasets.Value("string"))
-    return datasets.Features({
-        "words": strings, "tokens": strings, "ids": ints,
-        "gold_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"), length=2)),
-        "tree": datasets.Value("string"), "source": datasets.Value("string"),
-    })
-
-
-def to_dataset_dict(corpus: PreparedCorpus):
-    import datasets
-
-    features = _features()
-    parts = {}
-    for name, sentences in corpus.splits.items():
-        parts[name] = datasets.Dataset.from_dict({
-            "words": [s.words for s in sentences], "tokens": corpus.tokens[name],
-            "ids": corpus.ids[name],
-            "gold_spans": [[list(span) for span in s.gold_spans] for s in sentences],
-            "tree": [s.tree for s in sentences], "source": [s.source for s in sentences],
-        }, features=features)
-    return datasets.DatasetDict(parts)
-
-
-def check_output_dir(out: Path) -> None:
-    """Refuse to replace anything but an empty directory or an earlier prepared corpus."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
-                                               or (out / "manifest.json").is_file())):
-        raise GfnemError("exists and is not a prepared corpus; refusing to overwrite it", out,
-                         hint="choose another --out")
-
-
-def save_corpus(corpus: PreparedCorpus, out: Path, extra_files: dict[str, object] | None = None
-                ) -> Path:
-    """Write into a temporary sibling, then swap it in: a failure never leaves half a corpus."""
-    import datasets
-
-    out = Path(out)
-    check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.disable_progress_bars()
-    try:
-        to_dataset_dict(corpus).save_to_disk(str(tmp))
-        corpus.vocab.save(tmp / "vocab.json")
-        files = {"manifest.json": corpus.manifest, **(extra_files or {})}
-        for name, payload in files.items():
-            (tmp / name).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-@dataclass
-class Corpus:
-    """A prepared corpus read back from disk."""
-
-    path: Path
-    data: object            # datasets.DatasetDict
-    vocab: Vocabulary
-    manifest: dict
-
-    def split(self, name: str):
-        if name not in self.data:
-            raise GfnemError(f"no split {name!r} (available: {', '.join(self.data)})", self.path)
-        return self.data[name]
-
-    def column(self, split: str, name: str) -> list:
-        """A whole column as Python lists, straight from Arrow (no per-row dict building)."""
-        return self.split(split).data.column(name).to_pylist()
-
-
-def load_corpus(path: Path) -> Corpus:
-    import datasets
-
-    path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise GfnemError("not a prepared corpus (no manifest.json)", path,
-                         hint="create it with `gfnem prepare`")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise GfnemError(f"unreadable manifest: {exc}", manifest_path) from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise GfnemError(f"manifest format {manifest.get('format')!r} is not "
-                         f"{MANIFEST_FORMAT}", manifest_path, hint="prepare the corpus again")
-    datasets.disable_progress_bars()
-    data = datasets.load_from_disk(str(path))
-    return Corpus(path, data, Vocabulary.load(path / "vocab.json"), manifest)

@@ -9,6 +9,7 @@ no words disappears with them.
 """
 from __future__ import annotations
 
+import codecs
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -38,19 +39,37 @@ class Tree:
     word: str | None = None
 
     def to_string(self) -> str:
-        """One-line canonical bracketing (the outer empty bracket kept as `( ...)`)."""
-        if self.word is not None:
-            return f"({self.label} {self.word})"
-        inner = " ".join(child.to_string() for child in self.children)
-        return f"({self.label} {inner})" if self.label else f"( {inner})"
+        """One-line canonical bracketing (the outer empty bracket kept as `( ...)`).
+
+        Iterative, like every walk here: a treebank may nest deeper than Python's recursion
+        limit, and that must not become a traceback."""
+        parts: list[str] = []
+        stack: list[Tree | str] = [self]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                parts.append(node)
+            elif node.word is not None:
+                parts.append(f"({node.label} {node.word})")
+            else:
+                parts.append(f"({node.label} " if node.label else "( ")
+                stack.append(")")
+                for k in range(len(node.children) - 1, -1, -1):
+                    stack.append(node.children[k])
+                    if k:
+                        stack.append(" ")
+        return "".join(parts)
 
     def leaves(self) -> list[tuple[str, str]]:
         """(tag, word) pairs left to right."""
-        if self.word is not None:
-            return [(self.label, self.word)]
         out: list[tuple[str, str]] = []
-        for child in self.children:
-            out.extend(child.leaves())
+        stack: list[Tree] = [self]
+        while stack:
+            node = stack.pop()
+            if node.word is not None:
+                out.append((node.label, node.word))
+            else:
+                stack.extend(reversed(node.children))
         return out
 
 
@@ -74,22 +93,60 @@ def base_label(label: str) -> str:
     return re.split(r"[-=]", label, maxsplit=1)[0] or label
 
 
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+         (codecs.BOM_UTF16_BE, "utf-16-be"))
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def decode_bytes(data: bytes, path: object,
                  on_warning: Callable[[str], None] | None = None) -> str:
-    """UTF-8, else latin-1 with a warning: old treebank copies are often latin-1."""
+    """The one decoding function of every reader: a byte-order mark is removed (UTF-8 or
+    UTF-16, which Windows editors write), else UTF-8, else latin-1 with a warning (old
+    treebank copies are often latin-1)."""
+    warn = on_warning or warnings.warn
+    codec = "utf-8"
+    for bom, name in _BOMS:
+        if data.startswith(bom):
+            data, codec = data[len(bom):], name
+            break
     try:
-        return data.decode("utf-8")
+        text = data.decode(codec)
     except UnicodeDecodeError as exc:
+        if codec != "utf-8":
+            line = data[:exc.start].decode(codec, errors="replace").count("\n") + 1
+            raise GfnemError(f"starts with a {codec[:6].upper()} byte-order mark but is not "
+                             f"valid {codec[:6].upper()} (byte offset {exc.start + 2})", path, line,
+                             hint="save the file as UTF-8") from None
         line = data.count(b"\n", 0, exc.start) + 1
-        message = (f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
-                   "reading the file as latin-1")
-        (on_warning or warnings.warn)(message)
-        return data.decode("latin-1")
+        warn(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); "
+             "reading the file as latin-1")
+        text = data.decode("latin-1")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        warn(f"{path}:{line}: contains NUL characters (UTF-16 text without a byte-order "
+             "mark?); save the file as UTF-8")
+    return text
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as an editor numbers them: broken at \\n, \\r\\n or \\r only (`str.splitlines`
+    also breaks at form feeds, U+0085 and U+2028, which would shift every line number)."""
+    lines = _LINE_BREAK.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def read_text(path: Path, on_warning: Callable[[str], None] | None = None) -> str:
+    """A text file decoded by `decode_bytes`; a directory or unreadable file is a user error."""
+    path = Path(path)
+    if path.is_dir():
+        raise GfnemError("is a directory, not a text file", path,
+                         hint="name a file with one item per line")
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GfnemError("no such file", path) from None
     except OSError as exc:
         raise GfnemError(f"cannot read: {exc.strerror or exc}", path) from None
     return decode_bytes(data, path, on_warning)
@@ -160,7 +217,7 @@ def parse_bracketed(text: str, path: object = "<string>", skip_bad: bool = False
     bad tree resumes at the next line that starts with `(` in column 0, where `.mrg` files and
     one-tree-per-line files begin their trees.
     """
-    lines = text.splitlines()
+    lines = split_lines(text)
     builder = _Builder(str(path))
     trees: list[SourcedTree] = []
     bad: list[GfnemError] = []
@@ -211,19 +268,17 @@ def clean_tree(tree: Tree, keep_tags: frozenset[str] | None = WORD_TAGS
     """
     words: list[str] = []
     spans: set[Span] = set()
-
-    def walk(node: Tree) -> None:
+    stack: list[tuple[Tree, int]] = [(tree, -1)]    # (node, -1) on entry, (node, start) on exit
+    while stack:
+        node, start = stack.pop()
         if node.word is not None:
             if keep_tags is None or node.label in keep_tags:
                 words.append(node.word)
-            return
-        start = len(words)
-        for child in node.children:
-            walk(child)
-        if len(words) - start >= 2:
+        elif start < 0:
+            stack.append((node, len(words)))
+            stack.extend((child, -1) for child in reversed(node.children))
+        elif len(words) - start >= 2:
             spans.add((start, len(words)))
-
-    walk(tree)
     return words, sorted(spans, key=lambda s: (s[0], -s[1]))
 
 
@@ -284,12 +339,21 @@ def read_predicted_spans(path: Path, reference: Sequence[Sequence[str]],
     """
     from grammars.binary_trees import escape_word  # the escaping trees are written with
 
-    trees, _ = parse_bracketed(read_text(Path(path), on_warning), path)
+    text = read_text(Path(path), on_warning)
+    trees, _ = parse_bracketed(text, path)
     if len(trees) != len(reference):
+        message = (f"{len(trees):,} trees for the {len(reference):,} sentences of split "
+                   f"{split!r}")
         where = trees[len(reference)].line if len(trees) > len(reference) else (
             trees[-1].line if trees else None)
-        raise GfnemError(f"{len(trees):,} trees for the {len(reference):,} sentences of split "
-                         f"{split!r}", path, where,
+        blank = next((k for k, line in enumerate(split_lines(text), start=1)
+                      if not line.strip()), None)
+        if blank is not None and len(trees) < len(reference):
+            # the likely cause: a parser wrote a blank line for a sentence it could not parse
+            message += (f"; line {blank} is blank (blank and `#` lines between trees are "
+                        "skipped, never read as a parse)")
+            where = blank
+        raise GfnemError(message, path, where,
                          hint="write one tree per sentence, in the split's order")
     out: list[list[Span]] = []
     for index, item in enumerate(trees):

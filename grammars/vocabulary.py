@@ -61,19 +61,32 @@ class Vocabulary:
         return {"unk": UNK, "tokens": self.tokens}
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=0) + "\n",
-                              encoding="utf-8")
+        from gfnem_cli.engine.files import write_text_atomic
+
+        write_text_atomic(Path(path), json.dumps(self.to_json(), ensure_ascii=False, indent=0)
+                          + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "Vocabulary":
+        """Read `vocab.json` (or a directory holding one); anything unreadable or not a list
+        of distinct strings starting with `<unk>` is a one-line error naming the file."""
         path = Path(path)
         if path.is_dir():
             path = path / "vocab.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(data["tokens"])
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise GfnemError("no vocabulary here", path,
                              hint="point at a directory written by `gfnem prepare`") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise GfnemError(f"not a gfnem vocabulary: {exc}", path) from None
+        except OSError as exc:
+            raise GfnemError(f"cannot read the vocabulary: {exc.strerror or exc}", path) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            tokens = data.get("tokens") if isinstance(data, dict) else None
+            if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+                raise ValueError("`tokens` is not a list of strings")
+            return cls(tokens)
+        except ValueError as exc:   # JSON and UTF-8 errors are ValueErrors too
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise GfnemError(f"damaged or not a gfnem vocabulary ({reason})", path,
+                             hint="prepare the corpus (or train the run) again") from None

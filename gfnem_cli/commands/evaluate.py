@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from gfnem_cli.commands.checks import at_least, checkpoint_name
 from gfnem_cli.console import console, friendly_errors, warn
 
 
@@ -76,43 +77,62 @@ def evaluate(
                                             "JSON: sentence_f1, corpus_f1 (percent), "
                                             "num_sentences, buckets, length filter, decoding."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random baseline."),
-    max_length: int = typer.Option(0, "--max-length", min=0, help="Score only sentences of "
+    max_length: int = typer.Option(0, "--max-length", help="Score only sentences of "
                                    "at most this many words (e.g. 10 for WSJ10); 0 = all."),
     decode: str = typer.Option("auto", "--decode", help="With RUN: auto (viterbi for "
                                "context-free grammars, mbr for the others), viterbi, mbr, or "
                                "sample (best of --samples sampled trees; GFlowNet runs)."),
-    samples: int = typer.Option(0, "--samples", min=0, help="With RUN: M samples per sentence "
+    samples: int = typer.Option(0, "--samples", help="With RUN: M samples per sentence "
                                 "for the importance-sampled NLL bound of the run's GFlowNet "
                                 "sampler (DESIGN §6), reported with its standard error; 0 = "
                                 "exact NLL only where the grammar has one (else M=1000). "
                                 "Like F1, the NLL obeys --max-length."),
-    decode_samples: int = typer.Option(16, "--decode-samples", min=1, help="With RUN and "
+    decode_samples: int = typer.Option(16, "--decode-samples", help="With RUN and "
                                        "--decode sample or a grammar without a dynamic "
-                                       "program: trees sampled per sentence for decoding."),
+                                       "program: trees sampled per sentence for decoding "
+                                       "(>= 1)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="With RUN: best or last."),
-    batch_size: int = typer.Option(16, "--batch-size", help="With RUN: sentences per batch."),
+    batch_size: int = typer.Option(16, "--batch-size", help="With RUN: sentences per batch "
+                                   "(>= 1)."),
     device: str = typer.Option("auto", "--device", help="With RUN: auto, cpu or cuda."),
 ) -> None:
     """Unlabeled bracketing F1 (DESIGN §6): width-1 and whole-sentence spans dropped, 1-word
     sentences skipped, sentence F1 (mean per sentence) and corpus F1 (pooled counts).
     """
     from gfnem_cli.engine.errors import GfnemError
+    from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from grammars.corpus import load_corpus
     from grammars.f1 import score_spans
 
+    # every check before the corpus is read or a sentence decoded: a refusal changes nothing
     if baseline is not None and baseline not in ("right", "left", "random", "oracle"):
         raise GfnemError(f"unknown baseline {baseline!r}", hint="use right, left, random or oracle")
+    if run is not None and (baseline is not None or pred is not None):
+        raise GfnemError("give a RUN, or --baseline, or --pred: one source of trees")
+    if run is None and (baseline is None) == (pred is None):
+        raise GfnemError("give exactly one of --baseline or --pred (or a RUN)")
+    at_least("--max-length", max_length, 0, "0 scores every length")
+    at_least("--samples", samples, 0, "0 means the exact NLL where there is one")
+    at_least("--decode-samples", decode_samples, 1)
+    at_least("--batch-size", batch_size, 1)
+    checkpoint_name(checkpoint)
+    if run is not None:
+        from grammars.parsing import DECODERS
+
+        if decode not in DECODERS:
+            raise GfnemError(f"unknown --decode '{decode}'", hint="use " + ", ".join(DECODERS))
+    if pred is not None and not pred.is_file():
+        raise GfnemError("is a directory, not a file of trees" if pred.is_dir()
+                         else "no such file", pred)
+    if json_out is not None:
+        check_output_file(json_out)
     corpus = load_corpus(data)
     if corpus.manifest.get("kind") == "text":
         raise GfnemError("this corpus was prepared from raw text and has no gold trees", data)
     gold = corpus.column(split, "gold_spans")
     words = corpus.column(split, "words")
-    if not words:
-        raise GfnemError(f"split {split!r} is empty", data)
     likelihood: dict = {}
     if run is not None:
-        if baseline is not None or pred is not None:
-            raise GfnemError("give a RUN, or --baseline, or --pred: one source of trees")
         spans, how, likelihood = _run_report(run, corpus, split, words, decode, samples,
                                              checkpoint, batch_size, device, seed, max_length,
                                              decode_samples)
@@ -125,8 +145,7 @@ def evaluate(
     if json_out is not None:
         payload = {**report.to_dict(), **how, **likelihood, "data": str(data), "split": split,
                    "fingerprint": corpus.manifest.get("fingerprint")}
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")
 
 
 def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_size, device,
@@ -136,15 +155,13 @@ def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_si
 
     from gfnem_cli.engine.errors import GfnemError
     from grammars.evaluation import run_likelihood, run_predictions, true_grammar_likelihood
-    from grammars.inputs import read_parse_input
-    from grammars.parsing import DECODERS, resolve_decode
+    from grammars.inputs import corpus_parse_input
+    from grammars.parsing import resolve_decode
     from grammars.run import load_run
 
-    if decode not in DECODERS:
-        raise GfnemError(f"unknown --decode '{decode}'", hint="use " + ", ".join(DECODERS))
     trained = load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
-    data = read_parse_input(corpus.path, run, trained.vocab, split)
+    data = corpus_parse_input(corpus, run, trained.vocab, split, on_warning=warn)
     if samples > 0 and getattr(trained, "sampler", None) is None:
         raise GfnemError("--samples needs a run trained with a GFlowNet sampler", run)
     with Progress(console=console, transient=True) as progress:
@@ -158,7 +175,9 @@ def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_si
         warn("this run has no exact likelihood and no GFlowNet sampler for an importance-"
              "sampled bound: F1 only")
     likelihood.update(true_grammar_likelihood(corpus.path, trained.vocab.tokens, scored))
-    how = {"decoding": decode, "run": str(run), "checkpoint_step": trained.step}
+    tokens = sum(len(ids) for ids in data.ids)
+    how = {"decoding": decode, "run": str(run), "checkpoint_step": trained.step,
+           "unk_rate": sum(ids.count(0) for ids in data.ids) / tokens if tokens else 0.0}
     return spans, how, likelihood
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from gfnem_cli.commands.checks import at_least, checkpoint_name
 from gfnem_cli.console import console, friendly_errors, warn
 
 
@@ -12,8 +13,9 @@ from gfnem_cli.console import console, friendly_errors, warn
 def parse(
     run: Path = typer.Argument(..., help="A run directory written by `gfnem train`."),
     input: Path = typer.Option(..., "--input", "-i", help="Raw text (one sentence per line, "
-                               "whitespace-tokenized, `#` lines skipped) or a corpus folder "
-                               "written by `gfnem prepare` (see --split)."),
+                               "whitespace-tokenized; blank and `#` lines are skipped, so "
+                               "output line k is the k-th sentence, not input line k) or a "
+                               "corpus folder written by `gfnem prepare` (see --split)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: one bracketed tree per "
                              "input sentence, with the input's original words."),
     decode: str = typer.Option("auto", "--decode", help="auto: viterbi for context-free "
@@ -22,8 +24,10 @@ def parse(
                                "span marginals); sample: the best of --samples sampled trees by "
                                "log p(x, z) (GFlowNet runs)."),
     split: str = typer.Option("test", "--split", help="Which split of a corpus folder to parse."),
-    samples: int = typer.Option(16, "--samples", help="Trees sampled per sentence for --decode sample."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Sentences decoded together."),
+    samples: int = typer.Option(16, "--samples", help="Trees sampled per sentence for "
+                                "--decode sample (>= 1)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Sentences decoded together "
+                                   "(>= 1)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (lowest validation NLL) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
@@ -35,22 +39,30 @@ def parse(
     from rich.progress import Progress
 
     from gfnem_cli.engine.errors import GfnemError
+    from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from grammars.inputs import read_parse_input
     from grammars.parsing import DECODERS, parse_sentences, resolve_decode
     from grammars.run import load_run
 
+    # every check before the model is loaded or a sentence decoded
     if decode not in DECODERS:
         raise GfnemError(f"unknown --decode '{decode}'", hint="use " + ", ".join(DECODERS))
+    at_least("--batch-size", batch_size, 1)
+    at_least("--samples", samples, 1)
+    checkpoint_name(checkpoint)
+    check_output_file(out)
     trained = load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
     data = read_parse_input(input, run, trained.vocab, split, on_warning=warn)
     if not data.words:
         raise GfnemError("no sentences to parse", input)
+    if data.skipped_lines:
+        console.print(f"[dim]note:[/] {data.skipped_lines:,} blank or `#` lines of the input "
+                      "were skipped: output line k is the k-th sentence", highlight=False)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("parsing", total=len(data.ids))
         trees = parse_sentences(trained, data.ids, decode, batch_size, samples,
                                 progress=lambda k: progress.advance(task, k))
     lines = [t.to_brackets([w])[0] for t, w in zip(trees, data.words)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    write_text_atomic(out, "".join(line + "\n" for line in lines))
     console.print(f"wrote {len(lines)} trees ({decode}) to {out}")

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 
+from gfnem_cli.commands.checks import at_least
 from gfnem_cli.console import console, friendly_errors, warn
 
 app = typer.Typer(
@@ -25,9 +26,9 @@ LOWERCASE = typer.Option(True, "--lowercase/--no-lowercase",
                          help="Lowercase every word before building tokens.")
 DIGITS = typer.Option(True, "--replace-digits/--no-replace-digits",
                       help="Replace each run of digits by `N` (`1,000` → `N,N`).")
-VOCAB_SIZE = typer.Option(10000, "--vocab-size", min=0,
+VOCAB_SIZE = typer.Option(10000, "--vocab-size",
                           help="Keep the most frequent training tokens, plus `<unk>` at index "
-                               "0; 0 keeps all.")
+                               "0; 0 keeps all (>= 0).")
 VOCAB_FROM = typer.Option(None, "--vocab-from", help="Reuse the vocabulary of a corpus "
                           "prepared earlier (its directory), e.g. to evaluate a model on new "
                           "data; the vocabulary options are then ignored.")
@@ -36,6 +37,8 @@ VOCAB_FROM = typer.Option(None, "--vocab-from", help="Reuse the vocabulary of a 
 def _options(lowercase: bool, replace_digits: bool, vocab_size: int, max_train_len: int):
     from grammars.corpus import PrepareOptions
 
+    at_least("--vocab-size", vocab_size, 0, "0 keeps every token")
+    at_least("--max-train-len", max_train_len, 0, "0 means no cap")
     return PrepareOptions(lowercase, replace_digits, vocab_size, max_train_len)
 
 
@@ -82,15 +85,20 @@ def ptb(
     out: Path = OUT,
     split: str = typer.Option("auto", "--split", help="auto: wsj when §02–21 and §23 are "
                               "visible (folders `02/`… or `wsj_SSxx` names), else ratio. "
-                              "wsj: §02–21 train, §22 valid, §23 test. ratio: by file, files "
-                              "sorted by name (see --ratios). none: every tree in one split "
-                              "named `test`."),
+                              "wsj: §02–21 train, §22 valid, §23 test (refused when no file "
+                              "is in §02–21). ratio: by file, files sorted by name (see "
+                              "--ratios); when there are too few files for every split with "
+                              "a non-zero ratio to get one (e.g. a single file), the "
+                              "sentences are split in file order instead, said in a note and "
+                              "recorded in the manifest (split.by: sentence). none: every "
+                              "tree in one split named `test`."),
     ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="train,valid,test fractions "
-                               "of the FILES for --split ratio (cut points rounded)."),
+                               "of the FILES for --split ratio (cut points rounded); a 0 "
+                               "makes that split empty."),
     lowercase: bool = LOWERCASE,
     replace_digits: bool = DIGITS,
     vocab_size: int = VOCAB_SIZE,
-    max_train_len: int = typer.Option(40, "--max-train-len", min=0,
+    max_train_len: int = typer.Option(40, "--max-train-len",
                                       help="Drop training sentences longer than this (after "
                                            "filtering); eval splits are never capped; 0 = "
                                            "no cap."),
@@ -106,9 +114,10 @@ def ptb(
     """
     from grammars.corpus import check_output_dir, parse_ratios, prepare_ptb
 
-    check_output_dir(out)
-    corpus = prepare_ptb(paths, _options(lowercase, replace_digits, vocab_size, max_train_len),
-                         split=split, ratios=parse_ratios(ratios),
+    options = _options(lowercase, replace_digits, vocab_size, max_train_len)
+    parsed_ratios = parse_ratios(ratios)
+    check_output_dir(out)           # before any input is read: a refusal changes nothing
+    corpus = prepare_ptb(paths, options, split=split, ratios=parsed_ratios,
                          vocab=_load_vocab(vocab_from), skip_bad=skip_bad, on_warning=warn)
     corpus.manifest["vocab_from"] = None if vocab_from is None else str(vocab_from)
     _finish(corpus, out)
@@ -132,11 +141,14 @@ def text(
     from gfnem_cli.engine.errors import GfnemError
     from grammars.corpus import check_output_dir, prepare_text
 
+    options = _options(lowercase, replace_digits, vocab_size, 0)
+    if file.is_dir():
+        raise GfnemError("is a directory, not a text file", file,
+                         hint="give one file of sentences, one per line")
     if not file.is_file():
         raise GfnemError("no such file", file)
     check_output_dir(out)
-    corpus = prepare_text(file, _options(lowercase, replace_digits, vocab_size, 0),
-                          vocab=_load_vocab(vocab_from), on_warning=warn)
+    corpus = prepare_text(file, options, vocab=_load_vocab(vocab_from), on_warning=warn)
     corpus.manifest["vocab_from"] = None if vocab_from is None else str(vocab_from)
     _finish(corpus, out)
 
@@ -145,13 +157,15 @@ def text(
 @friendly_errors
 def synthetic(
     out: Path = OUT,
-    num_sentences: int = typer.Option(2000, "--num-sentences", min=1,
-                                      help="How many trees to sample from the known grammar."),
-    max_length: int = typer.Option(20, "--max-length", min=1,
-                                   help="Longest sentence the sampler may produce."),
+    num_sentences: int = typer.Option(2000, "--num-sentences",
+                                      help="How many trees to sample from the known grammar "
+                                           "(>= 1)."),
+    max_length: int = typer.Option(20, "--max-length",
+                                   help="Longest sentence the sampler may produce (>= 2)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed: same seed, same corpus."),
     ratios: str = typer.Option("0.8,0.1,0.1", "--ratios",
-                               help="train,valid,test fractions, split by sentence order."),
+                               help="train,valid,test fractions, split by sentence order; "
+                                    "a 0 makes that split empty."),
 ) -> None:
     """Sample a treebank from a known grammar (with gold trees) and prepare it.
 
@@ -161,12 +175,15 @@ def synthetic(
     from grammars import synthetic as sampler
     from grammars.corpus import PrepareOptions, check_output_dir, parse_ratios, prepare_trees
 
+    at_least("--num-sentences", num_sentences, 1)
+    at_least("--max-length", max_length, 2, "a grammar in normal form needs two words")
+    parsed_ratios = parse_ratios(ratios)
     check_output_dir(out)
     trees = sampler.sample_treebank(num_sentences=num_sentences, seed=seed,
                                     max_length=max_length)
     options = PrepareOptions(lowercase=False, replace_digits=False, vocab_size=0,
                              max_train_len=0)
-    corpus = prepare_trees(trees, options, parse_ratios(ratios), kind="synthetic",
+    corpus = prepare_trees(trees, options, parsed_ratios, kind="synthetic",
                            name="synthetic", on_warning=warn)
     corpus.manifest["synthetic"] = {"num_sentences": num_sentences, "max_length": max_length,
                                     "seed": seed}

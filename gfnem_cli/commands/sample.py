@@ -7,11 +7,13 @@ from typing import Optional
 
 import typer
 
+from gfnem_cli.commands.checks import at_least, checkpoint_name
 from gfnem_cli.console import console, friendly_errors, warn
 
 
 def rich_tree(bracketed: str):
     """A rich Tree view of one bracketed string, for reading parses in the terminal."""
+    from rich.markup import escape
     from rich.tree import Tree
 
     tokens = re.findall(r"\(|\)|[^\s()]+", bracketed)
@@ -25,8 +27,8 @@ def rich_tree(bracketed: str):
         if tokens[pos] not in "()":  # a leaf: (TAG word)
             word = tokens[pos]
             pos += 2
-            return Tree(f"[dim]{label}[/] [bold]{word}[/]")
-        tree = Tree(f"[cyan]{label}[/]")
+            return Tree(f"[dim]{escape(label)}[/] [bold]{escape(word)}[/]")
+        tree = Tree(f"[cyan]{escape(label)}[/]")
         while tokens[pos] == "(":
             tree.add(node())
         pos += 1
@@ -42,11 +44,11 @@ def sample(
                                            "sentence (whitespace-tokenized)."),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Draw trees for every "
                                          "sentence of this text file (one per line)."),
-    n: int = typer.Option(10, "-n", help="Number of samples (per sentence)."),
+    n: int = typer.Option(10, "-n", help="Number of samples (per sentence; >= 1)."),
     from_model: bool = typer.Option(False, "--from-model", help="Draw sentences together with "
                                     "their trees from the grammar itself."),
     max_length: int = typer.Option(30, "--max-length", help="With --from-model: redraw "
-                                   "sentences longer than this."),
+                                   "sentences longer than this (>= 2)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     show_trees: bool = typer.Option(True, "--show-trees/--brackets-only", help="Render each "
                                     "tree in the terminal as well as its bracketed string."),
@@ -60,6 +62,7 @@ def sample(
     GFlowNet sampler otherwise), each with log q(z | x) and log p(x, z).
     """
     import torch
+    from rich.markup import escape
 
     from gfnem_cli.engine.errors import GfnemError
     from grammars.batching import make_batch
@@ -68,17 +71,25 @@ def sample(
     from grammars.tree_draws import draw_trees
     from grammars.vocabulary import normalize_word
 
-    if n < 1:
-        raise GfnemError(f"-n must be at least 1, got {n}")
+    at_least("-n", n, 1)
+    at_least("--max-length", max_length, 2, "a grammar in normal form needs two words")
+    checkpoint_name(checkpoint)
     if from_model == bool(sentence is not None or input is not None):
         raise GfnemError("give either --from-model, or --sentence / --input",
                          hint="see `gfnem sample --help`")
+    if sentence is not None and input is not None:
+        raise GfnemError("give --sentence or --input, not both")
+    if sentence is not None and len(sentence.split()) < 2:
+        count = len(sentence.split())
+        raise GfnemError(f"--sentence has {count} word{'' if count == 1 else 's'}; a grammar "
+                         "in normal form needs two or more")
+    texts = None if input is None else _input_sentences(input)
     trained = load_run(run, device, checkpoint)
     torch.manual_seed(seed)
 
     def show(bracketed: str, caption: str) -> None:
         console.print(caption, highlight=False)
-        console.print(bracketed, highlight=False, soft_wrap=True)
+        console.print(escape(bracketed), highlight=False, soft_wrap=True)
         if show_trees:
             console.print(rich_tree(bracketed))
 
@@ -87,27 +98,38 @@ def sample(
         ids, trees, _ = trained.model.sample(n, max_length, generator)
         words = [trained.vocab.decode(row) for row in ids]
         for k, (line, w) in enumerate(zip(trees.to_brackets(words), words)):
-            show(line, f"[bold]sample {k + 1}[/]: {' '.join(w)}")
+            show(line, f"[bold]sample {k + 1}[/]: {escape(' '.join(w))}")
         return
     if sentence is not None:
         texts = [sentence.split()]
-    else:
-        from grammars.treebank import read_text
-
-        texts = [line.split() for line in read_text(input, warn).splitlines()
-                 if line.split() and not line.lstrip().startswith("#")]
     options = run_prepare_options(run)
     for words in texts:
-        if len(words) < 2:
-            warn(f"skipping '{' '.join(words)}': a grammar in normal form needs two words")
-            continue
         tokens = [normalize_word(w, options.lowercase, options.replace_digits) for w in words]
         batch = make_batch([trained.vocab.encode(tokens)], [0])
         draws = draw_trees(trained, batch.ids.to(trained.device),
                            batch.lengths.to(trained.device), n)
         lines = draws.trees.to_brackets([words] * n)
         kind = "exact posterior" if draws.exact_posterior else "GFlowNet sampler"
-        console.print(f"[bold]{' '.join(words)}[/] — {n} trees from the {kind}")
+        console.print(f"[bold]{escape(' '.join(words))}[/] — {n} trees from the {kind}")
         for k, line in enumerate(lines):
             show(line, f"  #{k + 1}  log q = {float(draws.log_q[k]):.3f}   "
                        f"log p(x,z) = {float(draws.log_joint[k]):.3f}")
+
+
+def _input_sentences(path: Path) -> list[list[str]]:
+    """The sentences of an --input file (read as `prepare text` reads), 1-word ones skipped
+    with a warning; a file with nothing to draw trees for is an error, not a silent exit."""
+    from gfnem_cli.engine.errors import GfnemError
+    from grammars.treebank import read_text, split_lines
+
+    sentences = [line.split() for line in split_lines(read_text(path, warn))
+                 if line.split() and not line.split()[0].startswith("#")]
+    for words in sentences:
+        if len(words) < 2:
+            warn(f"{path}: skipping {words[0]!r}: a grammar in normal form needs two words")
+    kept = [words for words in sentences if len(words) >= 2]
+    if not kept:
+        raise GfnemError("no sentence of two or more words to draw trees for"
+                         + (f" ({len(sentences)} one-word lines)" if sentences else ""), path,
+                         hint="write one whitespace-tokenized sentence per line")
+    return kept

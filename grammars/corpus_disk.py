@@ -1,0 +1,285 @@
+"""A prepared corpus on disk: written whole or not at all, read back whole or refused in one line.
+
+The manifest lists every other file of the corpus with its size and sha256, so a truncated,
+edited or deleted file is found when the corpus is loaded, with the file named, instead of
+surfacing later as an Arrow traceback or, worse, as silently different data. Corpora written
+before the list existed are still read, with Arrow's own full validation instead.
+
+Empty splits (a ratio of 0, a split no sentence fell into) are stored and load as size 0; a
+command that names one is refused by `Corpus.split` with the sizes of every split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.files import check_writable_dir, os_error
+from grammars.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from grammars.corpus import PreparedCorpus
+
+MANIFEST_FORMAT = 1
+DAMAGED = "the corpus is damaged: prepare it again with `gfnem prepare`"
+
+
+def _features():
+    import datasets
+
+    ints = datasets.Sequence(datasets.Value("int32"))
+    strings = datasets.Sequence(datasets.Value("string"))
+    return datasets.Features({
+        "words": strings, "tokens": strings, "ids": ints,
+        "gold_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"), length=2)),
+        "tree": datasets.Value("string"), "source": datasets.Value("string"),
+    })
+
+
+def to_dataset_dict(corpus: "PreparedCorpus"):
+    import datasets
+
+    features = _features()
+    parts = {}
+    for name, sentences in corpus.splits.items():
+        parts[name] = datasets.Dataset.from_dict({
+            "words": [s.words for s in sentences], "tokens": corpus.tokens[name],
+            "ids": corpus.ids[name],
+            "gold_spans": [[list(span) for span in s.gold_spans] for s in sentences],
+            "tree": [s.tree for s in sentences], "source": [s.source for s in sentences],
+        }, features=features)
+    return datasets.DatasetDict(parts)
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any input is read, to replace anything but an empty directory or an
+    earlier prepared corpus, and an output whose parent cannot be written (the corpus is
+    built in a sibling there and renamed into place)."""
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
+                                               or (out / "manifest.json").is_file())):
+        raise GfnemError("exists and is not a prepared corpus; refusing to overwrite it", out,
+                         hint="choose another --out")
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise GfnemError("a parent of this path is a file, not a directory", out)
+    check_writable_dir(existing, out)
+
+
+def file_checksums(root: Path) -> dict[str, dict]:
+    """Size and sha256 of every file under `root` but the manifest, by relative path."""
+    out = {}
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if relative != "manifest.json":
+            out[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_corpus(corpus: "PreparedCorpus", out: Path, extra_files: dict[str, object] | None = None
+                ) -> Path:
+    """Write into a temporary sibling, then swap it in: a failure leaves the old corpus (or
+    nothing) and no temporary directory; OSErrors are one-line errors naming `out`."""
+    import datasets
+
+    out = Path(out)
+    check_output_dir(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    datasets.disable_progress_bars()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        to_dataset_dict(corpus).save_to_disk(str(tmp))
+        corpus.vocab.save(tmp / "vocab.json")
+        for name, payload in (extra_files or {}).items():
+            _write_json(tmp / name, payload)
+        corpus.manifest["files"] = file_checksums(tmp)
+        _write_json(tmp / "manifest.json", corpus.manifest)   # last: its presence means whole
+        _swap_in(tmp, out)
+    except OSError as exc:
+        raise os_error(exc, out) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_json(path: Path, payload: object) -> None:
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename `tmp` to `out`; an existing `out` is moved aside first and put back on failure."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class Corpus:
+    """A prepared corpus read back from disk. `data` holds the non-empty splits; `sizes` the
+    sentence count of every split, empty ones included."""
+
+    path: Path
+    data: object            # datasets.DatasetDict
+    vocab: Vocabulary
+    manifest: dict
+    sizes: dict[str, int]
+
+    def describe_splits(self) -> str:
+        return ", ".join(f"{name} {count:,}" for name, count in self.sizes.items())
+
+    def split(self, name: str):
+        """The named split, or a one-line error listing every split and its size."""
+        if name not in self.sizes:
+            raise GfnemError(f"no split {name!r} (splits: {self.describe_splits()})", self.path,
+                             hint="name one of the non-empty splits")
+        if self.sizes[name] == 0:
+            raise GfnemError(f"split {name!r} is empty (splits: {self.describe_splits()})",
+                             self.path, hint="name one of the non-empty splits, or prepare "
+                                             "the corpus again with other --ratios")
+        return self.data[name]
+
+    def column(self, split: str, name: str) -> list:
+        """A whole column as Python lists, straight from Arrow (no per-row dict building)."""
+        return self.split(split).data.column(name).to_pylist()
+
+
+def load_corpus(path: Path) -> Corpus:
+    """Read a prepared corpus, checking every file against the manifest first; any damage is
+    a one-line error naming the file and saying to prepare the corpus again."""
+    import datasets
+
+    path = Path(path)
+    if path.is_file():
+        raise GfnemError("is a file, not a prepared corpus directory", path,
+                         hint="give a directory written by `gfnem prepare`")
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise GfnemError("not a prepared corpus (no manifest.json)", path,
+                         hint="create it with `gfnem prepare`")
+    manifest = _read_manifest(manifest_path)
+    files = manifest.get("files")
+    if files is not None:
+        _check_files(path, files)
+    for needed in ("dataset_dict.json", "vocab.json"):
+        if not (path / needed).is_file():
+            raise GfnemError("missing file of a prepared corpus", path / needed, hint=DAMAGED)
+    vocab = Vocabulary.load(path / "vocab.json")
+    sizes = {name: stats["sentences"] for name, stats in manifest["splits"].items()}
+    listed = _read_json(path / "dataset_dict.json").get("splits")
+    if not isinstance(listed, list) or set(map(str, listed)) != set(sizes):
+        raise GfnemError(f"lists splits {listed!r} but the manifest has {sorted(sizes)}",
+                         path / "dataset_dict.json", hint=DAMAGED)
+    datasets.disable_progress_bars()
+    loaded = {name: _load_split(path / name, count, len(vocab), files is None)
+              for name, count in sizes.items() if count > 0}
+    return Corpus(path, datasets.DatasetDict(loaded), vocab, manifest, sizes)
+
+
+def _read_json(path: Path):
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise GfnemError(f"cannot read: {exc.strerror or exc}", path) from None
+    except ValueError as exc:
+        raise GfnemError(f"unreadable JSON: {_first_line(exc)}", path, hint=DAMAGED) from None
+    if not isinstance(data, dict):
+        raise GfnemError("unreadable JSON: not an object", path, hint=DAMAGED)
+    return data
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest = _read_json(path)
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise GfnemError(f"manifest format {manifest.get('format')!r} is not "
+                         f"{MANIFEST_FORMAT}", path, hint="prepare the corpus again")
+    splits = manifest.get("splits")
+    good = (isinstance(splits, dict) and splits
+            and all(isinstance(s, dict) and type(s.get("sentences")) is int
+                    and s["sentences"] >= 0 for s in splits.values())
+            and isinstance(manifest.get("fingerprint"), str)
+            and isinstance(manifest.get("kind"), str)
+            and isinstance(manifest.get("options", {}), dict))
+    files = manifest.get("files")
+    if files is not None:
+        good = good and isinstance(files, dict) and all(
+            isinstance(v, dict) and type(v.get("bytes")) is int
+            and isinstance(v.get("sha256"), str) for v in files.values())
+    if not good:
+        raise GfnemError("damaged manifest: a required entry is missing or malformed", path,
+                         hint=DAMAGED)
+    return manifest
+
+
+def _check_files(root: Path, files: dict) -> None:
+    for relative, expected in files.items():
+        target = root / relative
+        if not target.is_file():
+            raise GfnemError("missing file of a prepared corpus", target, hint=DAMAGED)
+        size = target.stat().st_size
+        if size != expected["bytes"]:
+            raise GfnemError(f"{size:,} bytes where the manifest says {expected['bytes']:,} "
+                             "(truncated or changed)", target, hint=DAMAGED)
+        if _sha256(target) != expected["sha256"]:
+            raise GfnemError("changed since the corpus was prepared (sha256 differs from the "
+                             "manifest)", target, hint=DAMAGED)
+
+
+def _load_split(folder: Path, count: int, vocab_size: int, validate: bool):
+    """One split through `datasets`, checked against the manifest: any failure of the
+    library on a damaged folder is reported as the damage it is."""
+    import datasets
+    import pyarrow.compute as pc
+
+    if not folder.is_dir():
+        raise GfnemError("missing split folder", folder, hint=DAMAGED)
+    try:
+        split = datasets.Dataset.load_from_disk(str(folder))
+        table = split.data.table
+        if validate:   # no checksums to trust: let Arrow check every offset and buffer
+            table.validate(full=True)
+        problem = None
+        if split.features != _features():
+            problem = "its columns are not those of a prepared corpus"
+        elif split.num_rows != count:
+            problem = f"{split.num_rows:,} sentences where the manifest says {count:,}"
+        else:
+            ids = pc.list_flatten(table.column("ids"))
+            low, high = pc.min(ids).as_py(), pc.max(ids).as_py()
+            if low is not None and (low < 0 or high >= vocab_size):
+                problem = f"token ids outside the vocabulary of {vocab_size:,}"
+    except Exception as exc:   # datasets / pyarrow on a damaged folder: many exception types
+        raise GfnemError(f"cannot read this split: {_first_line(exc)}", folder,
+                         hint=DAMAGED) from None
+    if problem:
+        raise GfnemError(problem, folder, hint=DAMAGED)
+    return split
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0][:160] if text else type(exc).__name__)
