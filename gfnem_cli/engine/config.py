@@ -20,28 +20,30 @@ import yaml
 
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import os_error, write_text_atomic
-from gfnem_cli.engine.recipe_schema import (Mapping, OutOfRange, Schema, Text, schema_for,
-                                            show)
+from gfnem_cli.engine.recipe_schema import (Mapping, OutOfRange, Schema, Text, quoted,
+                                            schema_for, show)
 
 MAX_KEYS = 10_000   # YAML aliases can nest a small file into billions of keys
 
 Origin = tuple  # (source, line): where a key's value came from; (None, None) = the default
 
 
-def flatten(tree: dict, prefix: str = "", _seen: tuple = ()) -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "", *, source: object = None,
+            _seen: tuple = ()) -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; a dict default with no keys stays one free-form leaf.
     An alias cycle or an alias bomb in YAML is a one-line error, not a hang."""
     if id(tree) in _seen:
-        raise GfnemError("the recipe refers to itself (a YAML alias inside its own anchor)")
+        raise GfnemError("the recipe refers to itself (a YAML alias inside its own anchor)",
+                         source)
     flat = {}
     for key, value in tree.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(flatten(value, path + ".", _seen + (id(tree),)))
+            flat.update(flatten(value, path + ".", source=source, _seen=_seen + (id(tree),)))
         else:
             flat[path] = value
         if len(flat) > MAX_KEYS:
-            raise GfnemError(f"the recipe holds more than {MAX_KEYS:,} keys")
+            raise GfnemError(f"the recipe holds more than {MAX_KEYS:,} keys", source)
     return flat
 
 
@@ -61,7 +63,7 @@ def _unknown_key(path: str, valid: Iterable[str], source, line=None) -> GfnemErr
         hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
         near = [leaves[hit[0]]] if hit else []
     hint = f"did you mean '{near[0]}'?" if near else "see the recipes/ folder for valid keys"
-    return GfnemError(f"unknown key '{path}'", source, line, hint=hint)
+    return GfnemError(f"unknown key {quoted(path)}", source, line, hint=hint)
 
 
 def _schema(defaults: dict | Schema) -> Schema:
@@ -99,14 +101,14 @@ def _merge(schema: Schema, config: dict, updates: dict[str, Any], source,
             _set_path(merged, path, value)      # a free-form mapping takes any sub-key
         elif above is not None:
             raise GfnemError(f"key '{above}' takes a single value ({valid[above].describe}), "
-                             f"not a mapping (got sub-key '{path[len(above) + 1:]}')",
+                             f"not a mapping (got sub-key {quoted(path[len(above) + 1:])})",
                              source, line)
         elif any(k.startswith(path + ".") for k in valid):
             if value is None or value == {}:
                 continue                          # `train:` with every key commented out
             inside = list(dict.fromkeys(k[len(path) + 1:].split(".")[0] for k in valid
                                         if k.startswith(path + ".")))
-            raise GfnemError(f"'{path}' is a section of keys ({', '.join(inside[:4])}"
+            raise GfnemError(f"{quoted(path)} is a section of keys ({', '.join(inside[:4])}"
                              f"{', ...' if len(inside) > 4 else ''}): give it a mapping, "
                              f"got {show(value)}", source, line)
         else:
@@ -143,14 +145,16 @@ def validate_config(defaults: dict | Schema, tree: Any, source: object = None,
                          source)
     origins: dict = {}
     source = None if source is None else str(source)
-    config = _merge(schema, schema.defaults, flatten(tree), source, lines, origins)
+    config = _merge(schema, schema.defaults, flatten(tree, source=source), source, lines,
+                    origins)
     _cross_check(schema, config, origins)
     return config
 
 
 def _parse_override(text: str) -> tuple[str, Any, str]:
     if "=" not in text:
-        raise GfnemError(f"--set expects key=value, got '{text}'", hint="e.g. --set train.steps=100")
+        raise GfnemError(f"--set expects key=value, got {show(text)}",
+                         hint="e.g. --set train.steps=100")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -197,8 +201,9 @@ def _yaml_error(exc: Exception, path, text: str) -> GfnemError:
 
 
 def _key_lines(node, prefix: str, lines: dict[str, int], path, depth: int = 0) -> None:
-    """Where each dotted key's value starts (1-based line); a key given twice is an error."""
-    if not isinstance(node, yaml.MappingNode) or depth > 4:
+    """Where each dotted key's value starts (1-based line); a key given twice is an error.
+    Best effort past MAX_KEYS entries (aliases may reach one node by many paths)."""
+    if not isinstance(node, yaml.MappingNode) or depth > 4 or len(lines) > MAX_KEYS:
         return
     here: dict[str, int] = {}
     for key_node, value_node in node.value:
@@ -207,8 +212,8 @@ def _key_lines(node, prefix: str, lines: dict[str, int], path, depth: int = 0) -
         dotted = prefix + key_node.value
         line = key_node.start_mark.line + 1
         if dotted in here and key_node.value != "<<":
-            raise GfnemError(f"key '{dotted}' is given twice (lines {here[dotted]} and {line}); "
-                             "YAML would silently keep the last", path, line)
+            raise GfnemError(f"key {quoted(dotted)} is given twice (lines {here[dotted]} and "
+                             f"{line}); YAML would silently keep the last", path, line)
         here[dotted] = line
         lines[dotted] = value_node.start_mark.line + 1
         _key_lines(value_node, dotted + ".", lines, path, depth + 1)
@@ -243,7 +248,7 @@ def _read_recipe(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         kind = "a list" if isinstance(tree, list) else f"the value {show(tree)}"
         raise GfnemError(f"a recipe must be a mapping of keys to values, not {kind}", path, 1,
                          hint="write one `key: value` per line, sections indented")
-    return flatten(tree), lines
+    return flatten(tree, source=path), lines
 
 
 def load_recipe(path: Path) -> dict[str, Any]:

@@ -44,6 +44,12 @@ def show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def quoted(text: str) -> str:
+    """A key as an error line names it: 'a.b', or escaped when it holds a newline or such."""
+    text = str(text)
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
 def number_of(value: Any) -> int | float | None:
     """An int or float from a YAML value (numbers, or text such as '1e-3', 'inf', '-.inf');
     None for anything else. Booleans are not numbers here, though Python says they are."""
@@ -127,7 +133,7 @@ class Real(_Numeric):
         try:
             x = float(number)
         except OverflowError:   # an int beyond any float
-            x = math.copysign(math.inf, number)
+            x = math.inf if number > 0 else -math.inf
         if math.isnan(x) or (self.finite and math.isinf(x)):
             raise OutOfRange()
         if ((self.gt is not None and not x > self.gt) or (self.ge is not None and not x >= self.ge)
@@ -193,6 +199,8 @@ class Text(Check):
     def coerce(self, value: Any) -> str:
         if not isinstance(value, str) or (self.nonempty and not value.strip()):
             raise OutOfRange("quote it" if isinstance(value, (int, float)) else None)
+        if "\0" in value:      # no path or name holds one; the OS would raise, not refuse
+            raise OutOfRange("a NUL character cannot be part of a name")
         return value
 
 
