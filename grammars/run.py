@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
-from gfnem_cli.engine.config import resolve_config, validate_config
+from gfnem_cli.engine.config import load_config, resolve_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.runs import (BEST, LAST, check_resume_config, check_start, inspect_run_dir,
                                    read_saved_config, resolve_device, run_info, same_config,
@@ -49,8 +49,10 @@ def build_model(config: dict, vocab_size: int):
 def saved_config(run_dir: Path) -> dict:
     """The run's config.yaml, checked against the schema like a recipe (a hand-edited one
     that no longer validates is a one-line error, not a traceback later)."""
-    return validate_config(GRAMMAR_DEFAULTS, read_saved_config(run_dir),
-                           Path(run_dir) / "config.yaml")
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        read_saved_config(run_dir)      # the "not a run directory" error
+    return load_config(GRAMMAR_DEFAULTS, path)
 
 
 def split_ids(corpus, split: str, role: str, key: str) -> list:

@@ -95,14 +95,15 @@ def check_start(state: RunDirState, resume: bool) -> None:
 
 
 def read_saved_config(run_dir: Path) -> dict:
-    """The run's `config.yaml` as a mapping, or a one-line error for a damaged one."""
+    """The run's `config.yaml` as a mapping, or a one-line error for a damaged one (a family
+    then checks it against its schema with `config.load_config`)."""
     path = Path(run_dir) / "config.yaml"
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GfnemError("not a gfnem run directory (no config.yaml)", run_dir,
                          hint="create one with `gfnem train RECIPE --out DIR`") from None
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         raise GfnemError(f"unreadable run config ({type(exc).__name__})", path,
                          mark.line + 1 if mark is not None else None,
