@@ -5,8 +5,9 @@ edited or deleted file is found when the corpus is loaded, with the file named, 
 surfacing later as an Arrow traceback or, worse, as silently different data. Corpora written
 before the list existed are still read, with Arrow's own full validation instead.
 
-Empty splits (a ratio of 0, a split no sentence fell into) are stored and load as size 0; a
-command that names one is refused by `Corpus.split` with the sizes of every split.
+Empty splits (a ratio of 0, a split no sentence fell into) are stored (`datasets` writes no
+Arrow file for them) and load as empty datasets; a command that names one is refused by
+`Corpus.split` with the sizes of every split.
 """
 from __future__ import annotations
 
@@ -140,8 +141,8 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 @dataclass
 class Corpus:
-    """A prepared corpus read back from disk. `data` holds the non-empty splits; `sizes` the
-    sentence count of every split, empty ones included."""
+    """A prepared corpus read back from disk: `data` holds every split, empty ones included;
+    `sizes` their sentence counts."""
 
     path: Path
     data: object            # datasets.DatasetDict
@@ -196,7 +197,7 @@ def load_corpus(path: Path) -> Corpus:
                          path / "dataset_dict.json", hint=DAMAGED)
     datasets.disable_progress_bars()
     loaded = {name: _load_split(path / name, count, len(vocab), files is None)
-              for name, count in sizes.items() if count > 0}
+              for name, count in sizes.items()}
     return Corpus(path, datasets.DatasetDict(loaded), vocab, manifest, sizes)
 
 
@@ -257,6 +258,9 @@ def _load_split(folder: Path, count: int, vocab_size: int, validate: bool):
 
     if not folder.is_dir():
         raise GfnemError("missing split folder", folder, hint=DAMAGED)
+    if count == 0 and not any(folder.glob("*.arrow")):
+        return datasets.Dataset.from_dict({name: [] for name in _features()},
+                                          features=_features())
     try:
         split = datasets.Dataset.load_from_disk(str(folder))
         table = split.data.table

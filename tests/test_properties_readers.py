@@ -216,6 +216,7 @@ def prepared(tmp_path_factory) -> dict:
     loaded = load_corpus(listed)
     columns = {(s, c): loaded.column(s, c) for s in loaded.data
                for c in loaded.data[s].column_names}
+    columns["sizes"] = loaded.sizes
     files = sorted(p.relative_to(listed).as_posix() for p in listed.rglob("*"))
     return {"listed": listed, "older": older, "columns": columns, "files": files}
 
@@ -257,8 +258,9 @@ def test_load_corpus_on_damaged_files(scratch, prepared, data, which, harms):
             harm(target, how)
     try:
         loaded = load_corpus(corpus)
-        columns = {(s, c): loaded.column(s, c) for s in loaded.data   # the non-empty splits
+        columns = {(s, c): loaded.column(s, c) for s in loaded.data if len(loaded.data[s])
                    for c in loaded.data[s].column_names}
+        columns["sizes"] = loaded.sizes
     except GfnemError as exc:
         assert exc.path is not None and (exc.hint or exc.message)
         event(f"{which}: refused ({exc.message.split(':')[0][:40]})")
