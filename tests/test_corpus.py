@@ -7,8 +7,8 @@ import pytest
 
 from gfnem_cli.engine.errors import GfnemError
 from grammars.corpus import (PrepareOptions, check_output_dir, choose_split, load_corpus,
-                             prepare_ptb, prepare_text, prepare_trees, ratio_bounds,
-                             save_corpus, split_files)
+                             parse_ratios, prepare_ptb, prepare_text, prepare_trees,
+                             ratio_bounds, save_corpus, split_files)
 from grammars.vocabulary import UNK, Vocabulary, normalize_word
 
 
@@ -132,3 +132,23 @@ def test_output_dir_and_load_errors(tmp_path):
         check_output_dir(tmp_path)
     with pytest.raises(GfnemError, match="not a prepared corpus"):
         load_corpus(tmp_path)
+
+
+def test_wsj_split_needs_training_sections_and_ratios_must_be_finite(tmp_path):
+    files = [tmp_path / d / f"wsj_{d}01.mrg" for d in ("00", "01", "23")]
+    with pytest.raises(GfnemError, match=r"sections found: 00, 01, 23"):
+        split_files("wsj", files, (0.8, 0.1, 0.1))
+    for bad in ("nan,0.5,0.5", "inf,0,0", "0.5,0.5"):
+        with pytest.raises(GfnemError, match="--ratios"):
+            parse_ratios(bad)
+
+
+def test_empty_split_round_trip_and_refusal(tmp_path):
+    trees = [f"(S (NN a{k}) (VB b))" for k in range(10)]
+    corpus = prepare_trees(trees, PrepareOptions(), (0.9, 0, 0.1), "synthetic", "s")
+    loaded = load_corpus(save_corpus(corpus, tmp_path / "c"))
+    assert loaded.sizes == {"train": 9, "valid": 0, "test": 1}
+    assert len(loaded.data["valid"]) == 0 and loaded.column("test", "words") == [["a9", "b"]]
+    with pytest.raises(GfnemError, match=r"split 'valid' is empty \(splits: train 9, valid 0, "
+                                         r"test 1\)"):
+        loaded.column("valid", "ids")
