@@ -153,20 +153,23 @@ class Corpus:
     def describe_splits(self) -> str:
         return ", ".join(f"{name} {count:,}" for name, count in self.sizes.items())
 
-    def split(self, name: str):
-        """The named split, or a one-line error listing every split and its size."""
+    def split(self, name: str, allow_empty: bool = False):
+        """The named split, or a one-line error listing every split and its size; every
+        command that names a split to read sentences from calls this first."""
         if name not in self.sizes:
             raise GfnemError(f"no split {name!r} (splits: {self.describe_splits()})", self.path,
                              hint="name one of the non-empty splits")
-        if self.sizes[name] == 0:
+        if self.sizes[name] == 0 and not allow_empty:
             raise GfnemError(f"split {name!r} is empty (splits: {self.describe_splits()})",
                              self.path, hint="name one of the non-empty splits, or prepare "
                                              "the corpus again with other --ratios")
         return self.data[name]
 
     def column(self, split: str, name: str) -> list:
-        """A whole column as Python lists, straight from Arrow (no per-row dict building)."""
-        return self.split(split).data.column(name).to_pylist()
+        """A whole column as Python lists, straight from Arrow (no per-row dict building).
+        The split must exist; an empty one gives [] (callers that need sentences check with
+        `split` first, or say which of their settings named it)."""
+        return self.split(split, allow_empty=True).data.column(name).to_pylist()
 
 
 def load_corpus(path: Path) -> Corpus:

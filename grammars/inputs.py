@@ -74,6 +74,7 @@ def corpus_parse_input(corpus, run_dir: Path, vocab: Vocabulary, split: str,
                        on_warning: Callable[[str], None] | None = None) -> ParseInput:
     """One split encoded with the run's vocabulary; a warning when the corpus is not the
     one the run was trained on, with the split's `<unk>` rate under the run's vocabulary."""
+    corpus.split(split)          # exists and holds sentences, else one line with every size
     words = corpus.column(split, "words")
     options = run_prepare_options(run_dir)
     same_vocab = corpus.vocab.tokens == vocab.tokens

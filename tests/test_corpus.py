@@ -151,4 +151,5 @@ def test_empty_split_round_trip_and_refusal(tmp_path):
     assert len(loaded.data["valid"]) == 0 and loaded.column("test", "words") == [["a9", "b"]]
     with pytest.raises(GfnemError, match=r"split 'valid' is empty \(splits: train 9, valid 0, "
                                          r"test 1\)"):
-        loaded.column("valid", "ids")
+        loaded.split("valid")
+    assert loaded.column("valid", "ids") == []

@@ -129,6 +129,7 @@ def evaluate(
     corpus = load_corpus(data)
     if corpus.manifest.get("kind") == "text":
         raise GfnemError("this corpus was prepared from raw text and has no gold trees", data)
+    corpus.split(split)          # exists and holds sentences, else one line with every size
     gold = corpus.column(split, "gold_spans")
     words = corpus.column(split, "words")
     likelihood: dict = {}
