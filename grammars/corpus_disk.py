@@ -11,6 +11,7 @@ Arrow file for them) and load as empty datasets; a command that names one is ref
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -104,6 +105,7 @@ def save_corpus(corpus: "PreparedCorpus", out: Path, extra_files: dict[str, obje
     datasets.disable_progress_bars()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _recover(out)
         shutil.rmtree(tmp, ignore_errors=True)
         to_dataset_dict(corpus).save_to_disk(str(tmp))
         corpus.vocab.save(tmp / "vocab.json")
@@ -124,9 +126,15 @@ def _write_json(path: Path, payload: object) -> None:
 
 
 def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`; an existing `out` is moved aside first and put back on failure."""
+    """Rename `tmp` to `out`. An existing `out` is exchanged with `tmp` in one atomic step
+    where the system can (Linux), so a kill at any moment leaves a whole corpus at `out`;
+    elsewhere it is moved aside first and put back on failure (a kill between the two renames
+    is repaired by the next prepare, and explained by `load_corpus`)."""
     if not out.exists():
         tmp.rename(out)
+        return
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)      # tmp now holds the old corpus
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(old, ignore_errors=True)
@@ -137,6 +145,60 @@ def _swap_in(tmp: Path, out: Path) -> None:
         old.rename(out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_cwd, exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _leftovers(out: Path) -> list[tuple[Path, str, int]]:
+    """(path, "tmp" or "old", pid) of the temporary siblings prepares of `out` leave."""
+    found = []
+    if not out.parent.is_dir():
+        return found
+    for path in out.parent.iterdir():
+        for kind in ("tmp", "old"):
+            prefix = f".{out.name}.{kind}-"
+            if path.name.startswith(prefix) and path.name[len(prefix):].isdigit():
+                found.append((path, kind, int(path.name[len(prefix):])))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _recover(out: Path) -> None:
+    """Undo what a killed prepare left: an old corpus moved aside with nothing in its place
+    is put back, and temporary folders of dead processes are removed."""
+    for path, kind, pid in _leftovers(out):
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if kind == "old" and not out.exists() and (path / "manifest.json").is_file():
+            path.rename(out)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -181,6 +243,14 @@ def load_corpus(path: Path) -> Corpus:
     if path.is_file():
         raise GfnemError("is a file, not a prepared corpus directory", path,
                          hint="give a directory written by `gfnem prepare`")
+    if not path.exists():
+        aside = [p for p, kind, _ in _leftovers(path) if (p / "manifest.json").is_file()]
+        if aside:
+            raise GfnemError(f"no corpus here: an interrupted `gfnem prepare` left one in "
+                             f"{aside[0].name}", path, hint="prepare it again (which puts "
+                             "the old corpus back first), or rename that folder")
+        raise GfnemError("no such corpus directory", path,
+                         hint="create it with `gfnem prepare`")
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise GfnemError("not a prepared corpus (no manifest.json)", path,

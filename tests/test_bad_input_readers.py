@@ -308,3 +308,17 @@ def test_failed_prepare_keeps_the_old_corpus_and_no_temp_dir(runner, cli_app, tm
     refused(runner, cli_app, tmp_path, "prepare", "ptb", tiny_mrg, "--out", ptb,
             "--split", "none", "--no-lowercase", names=ptb, says=("No space left",))
     assert sorted(p.name for p in ptb.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_prepare_killed_mid_swap_is_explained_then_repaired(runner, cli_app, tmp_path, ptb,
+                                                              tiny_mrg):
+    """The state a SIGKILL between the two renames of the fallback swap leaves (systems
+    without an atomic exchange): the old corpus aside, the new one in a temporary folder."""
+    aside, partial = tmp_path / ".ptb.old-99999999", tmp_path / ".ptb.tmp-99999998"
+    ptb.rename(aside)
+    partial.mkdir()
+    refused(runner, cli_app, tmp_path, "evaluate", "--data", ptb, "--baseline", "right",
+            names=ptb, says=("interrupted", aside.name))
+    ok(runner, cli_app, "prepare", "ptb", tiny_mrg, "--out", ptb, "--split", "none")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    ok(runner, cli_app, "evaluate", "--data", ptb, "--baseline", "right")
