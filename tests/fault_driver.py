@@ -23,6 +23,8 @@ Faults (`job["fault"]`, counted per process; `call` is 1-based):
                               mkdir, rename, mkstemp: a read-only filesystem) or on "write"
                               (opened and truncated, then the write fails: a full disk)
   kill_in {target, call, phase}  SIGKILL before/after the N-th call of "module:function"
+  stub {target, returns}      "module:function" returns this value (a list of faults applies all)
+  count {file}                no fault: write how many calls of each kind above the run made
   kill_after (job key)        the server SIGKILLs the child after this many seconds
 """
 from __future__ import annotations
@@ -45,6 +47,32 @@ def _die() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _killing(inner, hit, phase: str):
+    """`inner`, but the call `hit()` picks SIGKILLs the process before or after it runs."""
+    def wrapped(*args, **kwargs):
+        fire = hit()
+        if fire and phase == "before":
+            _die()
+        out = inner(*args, **kwargs)
+        if fire:
+            _die()
+        return out
+    return wrapped
+
+
+def _resolve(target: str):
+    """"module:attr.attr" -> (object holding the last attr, its name)."""
+    import importlib
+
+    module, dotted = target.split(":")
+    owner = importlib.import_module(module)
+    *path, attr = dotted.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    assert hasattr(owner, attr), f"no {target} to patch"
+    return owner, attr
 
 
 def _install(fault: dict) -> None:
@@ -95,18 +123,7 @@ def _install(fault: dict) -> None:
 
         def patched_init(self, *args, **kwargs):
             init(self, *args, **kwargs)
-            inner = getattr(self.method, name)
-
-            def wrapped(*a, **k):
-                fire = hit()
-                if fire and fault["phase"] == "before":
-                    _die()
-                out = inner(*a, **k)
-                if fire:
-                    _die()
-                return out
-
-            setattr(self.method, name, wrapped)
+            setattr(self.method, name, _killing(getattr(self.method, name), hit, fault["phase"]))
 
         Trainer.__init__ = patched_init
     elif kind == "metrics":
@@ -150,25 +167,11 @@ def _install(fault: dict) -> None:
             _arm_after_saves(fault["after_save"], lambda: armed.update(on=True))
         _patch_oserror(fault["errno"], fault["match"], fault.get("on", "open"), armed)
     elif kind == "kill_in":             # e.g. target "os:rename", "shutil:rmtree"
-        import importlib
-
-        module, dotted = fault["target"].split(":")
-        owner = importlib.import_module(module)
-        *path, attr = dotted.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        inner = getattr(owner, attr)
-
-        def killing(*args, **kwargs):
-            fire = hit()
-            if fire and fault["phase"] == "before":
-                _die()
-            out = inner(*args, **kwargs)
-            if fire:
-                _die()
-            return out
-
-        setattr(owner, attr, killing)
+        owner, attr = _resolve(fault["target"])
+        setattr(owner, attr, _killing(getattr(owner, attr), hit, fault["phase"]))
+    elif kind == "stub":                # {target, returns}: a function made to return a value
+        owner, attr = _resolve(fault["target"])
+        setattr(owner, attr, lambda *a, **k: fault["returns"])
     elif kind == "count":
         _count()
     else:
@@ -324,8 +327,9 @@ def _child(job: dict) -> None:
     os.chdir(job.get("cwd") or REPO)
     code = 1
     try:
-        if job.get("fault"):
-            _install(job["fault"])
+        faults = job.get("fault") or []
+        for fault in faults if isinstance(faults, list) else [faults]:
+            _install(fault)
         from gfnem_cli.app import app
 
         sys.argv = ["gfnem", *job["argv"]]
@@ -336,7 +340,7 @@ def _child(job: dict) -> None:
     except BaseException:  # what an uncaught exception prints in a real process
         traceback.print_exc()
     finally:
-        if (job.get("fault") or {}).get("kind") == "count":
+        if isinstance(job.get("fault"), dict) and job["fault"]["kind"] == "count":
             Path(job["fault"]["file"]).write_text(json.dumps(COUNTS))
         sys.stdout.flush()
         sys.stderr.flush()
@@ -348,16 +352,13 @@ def _serve() -> None:
 
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])   # imports torch._dynamo (1.5 s)
-    import datasets  # noqa: F401  (imported once here, shared by every child)
-    import rich.progress  # noqa: F401
-    import gfnem_cli.app  # noqa: F401
-    import grammars.em_methods  # noqa: F401
-    import grammars.exact_em  # noqa: F401
-    import grammars.run  # noqa: F401
-    for module in ("grammars.parsing", "grammars.evaluation", "grammars.inputs",
-                   "grammars.tree_draws", "grammars.synthetic", "grammars.models",
-                   "grammars.gflownet", "grammars.mcem", "grammars.decoding", "pydantic",
-                   "typer._adapters", "rich._emoji_codes", "multiprocessing.synchronize"):
+    import gfnem_cli.app  # noqa: F401  (everything imported once here, shared by every child)
+    for module in ("datasets", "rich.progress", "grammars.run", "grammars.em_methods",
+                   "grammars.exact_em", "grammars.parsing", "grammars.evaluation",
+                   "grammars.inputs", "grammars.tree_draws", "grammars.synthetic",
+                   "grammars.models", "grammars.gflownet", "grammars.mcem", "grammars.decoding",
+                   "pydantic", "typer._adapters", "rich._emoji_codes",
+                   "multiprocessing.synchronize"):
         try:            # only to save each child the import; a renamed module costs time
             __import__(module)
         except ImportError:
@@ -369,19 +370,22 @@ def _serve() -> None:
         pid = os.fork()
         if pid == 0:
             _child(job)
-        deadline = started + job.get("kill_after", job.get("timeout", 120))
+        deadline = started + job.get("kill_after", 90)     # else a hung child: 90 s
+        hung = False
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
             if time.perf_counter() >= deadline:
+                hung = "kill_after" not in job
                 os.kill(pid, signal.SIGKILL)
                 _, status = os.waitpid(pid, 0)
                 break
             time.sleep(0.005)
         answer = {"wall": round(time.perf_counter() - started, 3),
                   "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-                  "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None}
+                  "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                  "hung": hung}
         print(json.dumps(answer), flush=True)
 
 
