@@ -73,7 +73,8 @@ def inspect_run_dir(out: Path) -> RunDirState:
         raise GfnemError("a parent of --out is a file, not a directory", out)
     has_config = (out / "config.yaml").is_file()
     if out.exists() and not has_config:
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        foreign = sorted(p.name for p in out.iterdir()      # a killed first write leaves
+                         if p.name not in RUN_FILES and not _temporary(p))  # a temporary
         if foreign:
             raise GfnemError(f"exists and is not a gfnem run directory (it holds "
                              f"{', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})",
@@ -128,12 +129,18 @@ def same_config(a: dict, b: dict, ignore: set[str]) -> bool:
     return all(fa.get(k) == fb.get(k) for k in set(fa) | set(fb) if k not in ignore)
 
 
+def _temporary(path: Path) -> bool:
+    """A temporary file of `files.write_atomic`: `.NAME.XXXX.tmp`, never a finished file."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files a killed write left behind (never a finished file)."""
+    """Temporary files a killed write left behind."""
     for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
         if folder.is_dir():
-            for stale in folder.glob(".*.tmp"):
-                stale.unlink(missing_ok=True)
+            for stale in folder.iterdir():
+                if _temporary(stale):
+                    stale.unlink(missing_ok=True)
 
 
 def write_run_files(out: Path, config: dict, files: dict[str, str], info: dict) -> None:

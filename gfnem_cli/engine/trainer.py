@@ -98,6 +98,7 @@ class Trainer:
         self.best: dict[str, Any] = {"value": math.inf, "step": None, "metrics": {}}
         self.nonfinite_total = 0
         self.elapsed = 0.0
+        self.last_train: dict[str, float] = {}   # the last finite step's metrics, for the report
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -107,6 +108,7 @@ class Trainer:
             "rng": ckpt.capture_rng(), "config": self.config,
             "data_fingerprint": self.fingerprint, "best": self.best,
             "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed,
+            "last_train": self.last_train,
         }
 
     def save(self) -> None:
@@ -137,6 +139,7 @@ class Trainer:
             raise GfnemError(f"checkpoint does not fit this run ({type(exc).__name__})",
                              self.last_path, hint="restore it, or start a new run") from None
         self.elapsed = state.get("elapsed", 0.0)
+        self.last_train = state.get("last_train", {})
 
     def resume(self) -> None:
         """Load, check and apply the last checkpoint, and trim the log to it."""
@@ -157,7 +160,8 @@ class Trainer:
                 record = json.loads(line)
             except ValueError:  # a line torn by a kill in mid-write
                 continue
-            if isinstance(record, dict) and record.get("step", 0) <= self.step:
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool) and step <= self.step:
                 kept.append(line)
         write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
@@ -209,7 +213,7 @@ class Trainer:
 
         opts = self.options
         in_a_row = 0
-        last_metrics: dict[str, float] = {}
+        last_metrics = self.last_train
         items, window_start = 0, time.perf_counter()
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(),
@@ -241,7 +245,7 @@ class Trainer:
                     items += self.items_in(batch)
                     now = time.perf_counter()
                     rate = items / max(now - window_start, 1e-9)
-                    last_metrics = {**metrics, "items_per_s": rate}
+                    last_metrics = self.last_train = {**metrics, "items_per_s": rate}
                     self._log({"kind": "train", "step": self.step, "epoch": self.epoch,
                                **last_metrics})
                     progress.update(task, completed=self.step, live=_live(last_metrics))
