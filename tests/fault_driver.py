@@ -26,6 +26,7 @@ Faults (`job["fault"]`, counted per process; `call` is 1-based):
   stub {target, returns}      "module:function" returns this value (a list of faults applies all)
   count {file}                no fault: write how many calls of each kind above the run made
   kill_after (job key)        the server SIGKILLs the child after this many seconds
+  signals (job key)           [[delay, signum], ...]: the server sends these (SIGTERM, SIGINT)
 """
 from __future__ import annotations
 
@@ -371,11 +372,13 @@ def _serve() -> None:
         if pid == 0:
             _child(job)
         deadline = started + job.get("kill_after", 90)     # else a hung child: 90 s
-        hung = False
+        hung, signals = False, sorted(job.get("signals", []))   # [[delay, signum], ...]
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
+            while signals and time.perf_counter() >= started + signals[0][0]:
+                os.kill(pid, signals.pop(0)[1])
             if time.perf_counter() >= deadline:
                 hung = "kill_after" not in job
                 os.kill(pid, signal.SIGKILL)

@@ -1,5 +1,6 @@
-"""Fault injection, part 2 (issue 10, DESIGN §9): a full disk, a read-only output, and a plain
-`python -m gfnem_cli` process killed after a random delay.
+"""Fault injection, part 2 (issue 10, DESIGN §9): a full disk, a read-only output, a plain
+`python -m gfnem_cli` process killed after a random delay, `prepare` killed while it replaces
+a corpus, and SIGTERM / Ctrl-C (once: a polite stop; twice: an abort) at random moments.
 
 The full disk and the read-only output are real where this machine lets us mount a tmpfs (as
 root: `mount -t tmpfs`, filled by a file, or remounted read-only), and patched otherwise (the
@@ -255,3 +256,47 @@ def test_prepare_killed_while_replacing_a_corpus_leaves_a_corpus(server, tmp_pat
     assert not stray, stray
     print(f"\nFAULT prepare killed [{swap}]: {len(points)} kill points {points}, {explained} "
           "left a one-line error instead of a corpus")
+
+
+@pytest.mark.parametrize("method", ["marginal", "gfnem"])
+def test_sigterm_or_ctrl_c_at_random_moments_stops_politely_then_resumes_exactly(
+        server, references, tmp_path, method):
+    """SIGTERM or SIGINT at a random moment: the step finishes, a checkpoint is written, exit
+    130 with the step in the message; a second Ctrl-C right after aborts at once (exit 130,
+    wherever it lands, nothing torn). `--resume` then ends like the straight run."""
+    import re
+
+    ref = references(method, 24 if method == "marginal" else 6)     # ~ the same length
+    rng = random.Random(f"{SEED}-signals-{method}")
+    moments = [rng.uniform(0.35, 0.95) * ref.wall for _ in range(4)]
+    cases = [[[moments[0], signal.SIGTERM]],
+             [[moments[1], signal.SIGINT], [moments[1] + rng.uniform(0.001, 0.05),
+                                            signal.SIGINT]],
+             [[moments[2], signal.SIGINT]],
+             [[moments[3], signal.SIGTERM], [moments[3] + 0.01, signal.SIGTERM]]]
+    cases = cases if method == "marginal" else cases[:2]               # CI time
+    outcomes = []
+    for number, case in enumerate(cases):
+        run = tmp_path / f"run{number}"
+        result = server.run(ref.argv(run), signals=case)
+        assert "Traceback" not in result.stderr + result.stdout, result
+        if result.signal == signal.SIGTERM:       # before the trainer took the signal over
+            outcomes.append("terminated during startup")
+        elif result.code == 0:
+            outcomes.append("finished first")
+        else:
+            assert result.code == 130, result
+            stopped = re.search(r"interrupted at step (\d+)", result.stderr)
+            if len(case) == 1:
+                assert stopped, result
+            if stopped:
+                assert method_state(run / "checkpoints" / "last.pt")["step"] == int(
+                    stopped.group(1))
+            outcomes.append(f"stopped at step {stopped.group(1)}" if stopped else "aborted")
+        check_after_kill(run)
+        if outcomes[-1].startswith("stopped"):  # a polite stop never leaves a temporary file
+            no_temporaries(run)                  # (an abort inside a write may leave one)
+        extra = ["--resume"] if (run / "config.yaml").exists() else []
+        server.run(ref.argv(run, *extra)).ok()
+        check_like_reference(run, ref)
+    print(f"\nFAULT signals [{method}]: {len(cases)} cases: {outcomes}")
