@@ -23,6 +23,7 @@ Faults (`job["fault"]`, counted per process; `call` is 1-based):
                               mkdir, rename, mkstemp: a read-only filesystem) or on "write"
                               (opened and truncated, then the write fails: a full disk)
   kill_in {target, call, phase}  SIGKILL before/after the N-th call of "module:function"
+                              (phase interrupt_after: raise KeyboardInterrupt as it returns)
   stub {target, returns}      "module:function" returns this value (a list of faults applies all)
   count {file}                no fault: write how many calls of each kind above the run made
   kill_after (job key)        the server SIGKILLs the child after this many seconds
@@ -45,8 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------- in the child
 def _die() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    sys.stdout.flush(), sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -57,6 +57,8 @@ def _killing(inner, hit, phase: str):
         if fire and phase == "before":
             _die()
         out = inner(*args, **kwargs)
+        if fire and phase == "interrupt_after":     # a 2nd Ctrl-C landing as it returns
+            raise KeyboardInterrupt
         if fire:
             _die()
         return out
@@ -68,8 +70,7 @@ def _resolve(target: str):
     import importlib
 
     module, dotted = target.split(":")
-    owner = importlib.import_module(module)
-    *path, attr = dotted.split(".")
+    owner, (*path, attr) = importlib.import_module(module), dotted.split(".")
     for part in path:
         owner = getattr(owner, part)
     assert hasattr(owner, attr), f"no {target} to patch"
@@ -194,8 +195,7 @@ def _count() -> None:
         return wrapped
 
     files.write_atomic = checkpoint.write_atomic = counted("write_atomic", files.write_atomic)
-    Trainer._log = counted("metrics", Trainer._log)
-    init = Trainer.__init__
+    Trainer._log, init = counted("metrics", Trainer._log), Trainer.__init__
 
     def patched_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
