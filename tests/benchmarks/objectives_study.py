@@ -17,15 +17,26 @@ A target is anything following the `Target` protocol below. Two kinds are regist
   P_B). The reward is `model.log_joint` (preterminals summed out), flows via
   `partial_log_joint`. Both distributions are exact: the posterior by enumerating all
   224 labeled binary trees, the sampler's by enumerating all 384 trajectories per sentence.
+- `sets`, `sets-small`, `sequences`: the discrete tasks of da Silva et al. (NeurIPS 2024,
+  Table 1), in divergence_tasks/ (2×64 LeakyReLU MLP, batch 128, Adam 1e-3 / log Z 1e-1, both
+  annealed linearly to 0; `sets` has D = 32, N = 16 and a Monte Carlo L1, `sets-small` D = 12,
+  N = 6 and an exact one). The table then carries the paper's Table 1 column.
+
+    python tests/benchmarks/objectives_study.py --target sets --steps 512 --seeds 3
+
 `--target all` runs every registered target (`toy` and `tree`). Each target brings its own
-learning rates and threshold unless --lr / --lr-flows / --threshold are given.
-GFNEM_BENCH_QUICK=1 (run_all.py --quick) shortens the default run.
+learning rates, batch, schedule and threshold unless --lr / --lr-flows / --samples-per-input /
+--threshold are given. Incremental: each finished (objective, seed) cell is appended to the CSV
+at once, and a rerun with the same settings (DIR/objectives_<target>.json) skips finished cells.
+The table is also written to DIR/objectives_<target>.md. --quick (or GFNEM_BENCH_QUICK=1, as
+run_all.py --quick sets) shortens the default run to a few CPU minutes.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -34,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))                  # tests/benchmarks, for divergence_tasks
 sys.path.insert(0, str(HERE.parent))           # tests/, for toy_targets
 sys.path.insert(0, str(HERE.parent.parent))    # the repository, if gfnem is not installed
 
@@ -41,6 +53,7 @@ import torch  # noqa: E402
 
 from gfnem_cli.engine.objectives import OBJECTIVES, build_objective  # noqa: E402
 from gfnem_cli.engine.trajectories import Trajectories  # noqa: E402
+from divergence_tasks import PAPER_TABLE1, TASKS  # noqa: E402
 
 
 class Target(Protocol):
@@ -172,23 +185,37 @@ TARGETS: dict[str, Callable[[], Target]] = {
     "multiset": _multiset(),                                            # 120 trajectories/input
     "multiset-large": _multiset(num_types=4, max_size=5, reward_scale=2.0),  # 1364 trajectories
     "tree": TreePosteriorTarget,     # 2 sentences x 224 trees, 384 trajectories each
+    **TASKS,                         # sets, sets-small, sequences (da Silva et al., 2024)
 }
 ALIASES = {"toy": ["multiset"], "all": ["multiset", "tree"]}
 
 
 def l1_distance(target: Target, sampler) -> float:
+    """The target's own `l1` when it has one (Monte Carlo or a cheaper exact form), else from
+    the two (inputs, objects) tables, averaged over inputs."""
+    if hasattr(target, "l1"):
+        with torch.no_grad():
+            return float(target.l1(sampler))
     with torch.no_grad():
         diff = target.sampler_distribution(sampler) - target.exact_distribution()
         return float(diff.abs().sum(dim=1).mean())
 
 
 def train(target: Target, objective_name: str, seed: int, steps: int, eval_every: int,
-          num_per_input: int, lr: float, lr_flows: float) -> list[tuple[int, float]]:
+          num_per_input: int, lr: float, lr_flows: float,
+          anneal: bool = False) -> list[tuple[int, float]]:
+    """One (objective, seed) cell: L1 every eval_every steps. With `anneal`, both learning
+    rates decay linearly to 0 over `steps` (the paper's polynomial annealing, power 1)."""
     torch.manual_seed(seed)
     sampler = target.new_sampler(seed)
-    flows = [p for n, p in sampler.named_parameters() if "log_z" in n or "flow" in n]
-    policy = [p for n, p in sampler.named_parameters() if not ("log_z" in n or "flow" in n)]
+    if hasattr(sampler, "parameter_groups"):
+        policy, flows = sampler.parameter_groups()
+    else:
+        flows = [p for n, p in sampler.named_parameters() if "log_z" in n or "flow" in n]
+        policy = [p for n, p in sampler.named_parameters() if not ("log_z" in n or "flow" in n)]
     optimizer = torch.optim.Adam([{"params": policy, "lr": lr}, {"params": flows, "lr": lr_flows}])
+    schedule = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: max(0.0, 1 - k / steps))
+                if anneal else None)
     objective = build_objective(objective_name)
     generator = torch.Generator().manual_seed(seed)
     curve = [(0, l1_distance(target, sampler))]
@@ -197,6 +224,8 @@ def train(target: Target, objective_name: str, seed: int, steps: int, eval_every
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         if step % eval_every == 0 or step == steps:
             curve.append((step, l1_distance(target, sampler)))
     return curve
@@ -207,16 +236,20 @@ def first_below(curve: list[tuple[int, float]], threshold: float) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    quick = os.environ.get("GFNEM_BENCH_QUICK") == "1"
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=100 if quick else 400)
-    parser.add_argument("--seeds", type=int, default=2 if quick else 3)
+    parser.add_argument("--quick", action="store_true",
+                        help="a few CPU minutes: fewer steps and 2 seeds (also GFNEM_BENCH_QUICK=1)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps; default 400 (paper tasks: 512), quick 100 (64)")
+    parser.add_argument("--seeds", type=int, default=None, help="default 3, quick 2")
     parser.add_argument("--out", type=Path, default=Path("runs/objectives"))
     parser.add_argument("--target", choices=sorted([*TARGETS, *ALIASES]), default="multiset",
                         help="a target, 'toy' (= multiset) or 'all' (multiset and tree)")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--samples-per-input", type=int, default=16)
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between L1 evaluations; default: the target's (10)")
+    parser.add_argument("--samples-per-input", type=int, default=None,
+                        help="trajectories per input; default: the target's (16; paper tasks 128)")
     parser.add_argument("--lr", type=float, default=None,
                         help="policy learning rate (Adam); default: the target's (multiset 0.05)")
     parser.add_argument("--lr-flows", type=float, default=None,
@@ -224,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, default=None,
                         help="L1 threshold for steps-to-threshold; default: the target's (0.1)")
     args = parser.parse_args(argv)
+    args.quick = args.quick or os.environ.get("GFNEM_BENCH_QUICK") == "1"
     torch.set_num_threads(1)   # tiny tensors: threads only add overhead on shared cores
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -231,43 +265,92 @@ def main(argv: list[str] | None = None) -> None:
         run_target(key, args)
 
 
-def run_target(key: str, args) -> None:
-    started = time.time()
-    target = TARGETS[key]()
-    lr = args.lr if args.lr is not None else getattr(target, "lr", 0.05)
-    lr_flows = args.lr_flows if args.lr_flows is not None else getattr(target, "lr_flows", 0.2)
-    threshold = args.threshold if args.threshold is not None else getattr(target, "threshold", 0.1)
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
-    rows = []
-    for name in args.objectives:
-        for seed in range(args.seeds):
-            curve = train(target, name, seed, args.steps, args.eval_every, args.samples_per_input,
-                          lr, lr_flows)
-            curves.setdefault(name, []).append(curve)
-            rows += [(name, seed, step, l1) for step, l1 in curve]
-        print(f"[{key}] {name}: done ({time.time() - started:.0f}s)", file=sys.stderr)
+def settings_of(key: str, target, args) -> dict:
+    """Everything that makes two runs of one target comparable (the resume key)."""
+    paper = key in TASKS
+    pick = lambda given, attr, default: given if given is not None else getattr(target, attr, default)  # noqa: E731
+    steps = args.steps or ((64 if paper else 100) if args.quick else (512 if paper else 400))
+    return {"target": key, "steps": steps,
+            "eval_every": pick(args.eval_every, "eval_every", 10),
+            "samples_per_input": pick(args.samples_per_input, "samples_per_input", 16),
+            "lr": pick(args.lr, "lr", 0.05), "lr_flows": pick(args.lr_flows, "lr_flows", 0.2),
+            "anneal": bool(getattr(target, "anneal", False))}
 
-    csv_path = args.out / f"objectives_{key}.csv"
+
+def load_finished(csv_path: Path, json_path: Path, settings: dict) -> dict:
+    """{(objective, seed): curve} of the cells a previous run with these settings finished;
+    the CSV is rewritten without unfinished cells, or started afresh if settings changed."""
+    cells: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    if csv_path.exists() and json_path.exists() and json.loads(json_path.read_text()) == settings:
+        with open(csv_path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                cells.setdefault((row["objective"], int(row["seed"])), []).append(
+                    (int(row["step"]), float(row["l1"])))
+        cells = {k: c for k, c in cells.items() if c and c[-1][0] == settings["steps"]}
+    elif csv_path.exists():
+        print(f"{csv_path}: other settings than this run's; starting afresh", file=sys.stderr)
+    json_path.write_text(json.dumps(settings, indent=1))
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["objective", "seed", "step", "l1"])
-        writer.writerows((n, s, t, f"{v:.6f}") for n, s, t, v in rows)
-    png_path = args.out / f"objectives_{key}.png"
-    plot(curves, png_path, threshold, target.name)
+        for (name, seed), curve in cells.items():
+            writer.writerows((name, seed, t, f"{v:.6f}") for t, v in curve)
+    return cells
 
-    print(f"\nTarget `{key}`, {args.seeds} seeds, {args.steps} steps, "
-          f"{args.samples_per_input} trajectories per input, Adam lr {lr} (flows {lr_flows}); "
-          f"L1 at step 0: {statistics.mean(run[0][1] for runs in curves.values() for run in runs):.4f}.\n")
-    print(f"| objective | final L1 (mean ± sd) | steps to L1 < {threshold} (median; reached) |")
-    print("|---|---|---|")
+
+def run_target(key: str, args) -> None:
+    started = time.time()
+    target = TARGETS[key]()
+    cfg = settings_of(key, target, args)
+    seeds = args.seeds or (2 if args.quick else 3)
+    threshold = args.threshold if args.threshold is not None else getattr(target, "threshold", 0.1)
+    csv_path, json_path = args.out / f"objectives_{key}.csv", args.out / f"objectives_{key}.json"
+    finished = load_finished(csv_path, json_path, cfg)
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for name in args.objectives:
+        for seed in range(seeds):
+            if (name, seed) in finished:
+                curve = finished[(name, seed)]
+            else:
+                cell_start = time.time()
+                curve = train(target, name, seed, cfg["steps"], cfg["eval_every"],
+                              cfg["samples_per_input"], cfg["lr"], cfg["lr_flows"], cfg["anneal"])
+                with open(csv_path, "a", newline="") as handle:      # incremental: one cell
+                    csv.writer(handle).writerows((name, seed, t, f"{v:.6f}") for t, v in curve)
+                print(f"[{key}] {name} seed {seed}: L1 {curve[-1][1]:.4f} "
+                      f"({time.time() - cell_start:.0f}s)", file=sys.stderr, flush=True)
+            curves.setdefault(name, []).append(curve)
+
+    png_path, md_path = args.out / f"objectives_{key}.png", args.out / f"objectives_{key}.md"
+    plot(curves, png_path, threshold, target.name)
+    table = report(key, target, cfg, seeds, curves, threshold)
+    md_path.write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {csv_path}, {png_path} and {md_path} ({time.time() - started:.0f}s)", flush=True)
+
+
+def report(key: str, target, cfg: dict, seeds: int, curves, threshold: float) -> str:
+    """Markdown: final L1 (mean ± sd over seeds), steps to threshold, the paper's value."""
+    paper = PAPER_TABLE1.get(key)
+    initial = statistics.mean(run[0][1] for runs in curves.values() for run in runs)
+    lines = [f"Target `{key}` ({target.name}), {seeds} seeds, {cfg['steps']} steps, "
+             f"{cfg['samples_per_input']} trajectories per input, Adam lr {cfg['lr']} "
+             f"(log Z / flows {cfg['lr_flows']}){', annealed linearly to 0' if cfg['anneal'] else ''}; "
+             f"L1 at step 0: {initial:.4f}.", ""]
+    head = f"| objective | final L1 (mean ± sd) | steps to L1 < {threshold} (median; reached) |"
+    lines += [head + (" da Silva et al. Table 1 |" if paper else ""),
+              "|---|---|---|" + ("---|" if paper else "")]
     for name, runs in curves.items():
         finals = [run[-1][1] for run in runs]
         sd = statistics.stdev(finals) if len(finals) > 1 else 0.0
         hits = [first_below(run, threshold) for run in runs]
         reached = [h for h in hits if h is not None]
         median = f"{statistics.median(reached):.0f}" if reached else "—"
-        print(f"| {name} | {statistics.mean(finals):.4f} ± {sd:.4f} | {median} ({len(reached)}/{len(runs)}) |")
-    print(f"\nwrote {csv_path} and {png_path} ({time.time() - started:.0f}s)", flush=True)
+        row = f"| {name} | {statistics.mean(finals):.4f} ± {sd:.4f} | {median} ({len(reached)}/{len(runs)}) |"
+        if paper:
+            row += (" {:.2f} ± {:.2f} |".format(*paper[name]) if name in paper else " — |")
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def plot(curves, path: Path, threshold: float, title: str) -> None:

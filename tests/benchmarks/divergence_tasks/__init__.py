@@ -1,0 +1,29 @@
+"""The discrete tasks of da Silva et al. (NeurIPS 2024, "On Divergence Measures for Training
+GFlowNets", §5.2 and App. B/E) as targets of tests/benchmarks/objectives_study.py.
+
+Each task is an unconditional GFlowNet environment (one input, B = 1) written against the
+engine's `Trajectories` contract (DESIGN.md §2): batched sampling with per-step terms and
+forward-looking flows, an exact log Z, and an `l1(sampler)` to the exact target R/Z. Each
+brings the paper's settings as attributes (lr, lr_flows, anneal, samples_per_input).
+"""
+from divergence_tasks.sequences import SequencesTask
+from divergence_tasks.sets import SetsTask
+
+TASKS = {
+    "sets": lambda: SetsTask(32, 16, name="sets"),                  # the paper's size, MC L1
+    "sets-small": lambda: SetsTask(12, 6, name="sets-small"),       # 924 sets, exact L1
+    "sequences": lambda: SequencesTask(8, 6, name="sequences"),     # 299 592 sequences, exact
+}
+
+#: da Silva et al. (2024), Table 1: final L1 (mean, sd) over 3 seeds, α = 0.5 (copied from
+#: issue 18). "sets-small" has no paper value; phylogenetics is not implemented here.
+PAPER_TABLE1 = {
+    "sets": {"tb": (0.07, 0.00), "reverse_kl": (0.03, 0.00), "forward_kl": (0.03, 0.00),
+             "renyi": (0.03, 0.00), "tsallis": (0.03, 0.00)},
+    "sequences": {"tb": (0.28, 0.06), "reverse_kl": (0.16, 0.06), "forward_kl": (0.23, 0.12),
+                  "renyi": (0.23, 0.10), "tsallis": (0.22, 0.09)},
+    "phylo": {"tb": (0.22, 0.04), "reverse_kl": (0.21, 0.04), "forward_kl": (0.22, 0.04),
+              "renyi": (0.22, 0.03), "tsallis": (0.21, 0.04)},
+}
+
+__all__ = ["SetsTask", "SequencesTask", "TASKS", "PAPER_TABLE1"]
