@@ -23,7 +23,7 @@ Faults (`job["fault"]`, counted per process; `call` is 1-based):
                               mkdir, rename, mkstemp: a read-only filesystem) or on "write"
                               (opened and truncated, then the write fails: a full disk)
   kill_in {target, call, phase}  SIGKILL before/after the N-th call of "module:function"
-                              (phase interrupt_after: raise KeyboardInterrupt as it returns)
+                              (phase interrupt_after: a real SIGINT as it returns)
   stub {target, returns}      "module:function" returns this value (a list of faults applies all)
   count {file}                no fault: write how many calls of each kind above the run made
   kill_after (job key)        the server SIGKILLs the child after this many seconds
@@ -57,8 +57,9 @@ def _killing(inner, hit, phase: str):
         if fire and phase == "before":
             _die()
         out = inner(*args, **kwargs)
-        if fire and phase == "interrupt_after":     # a 2nd Ctrl-C landing as it returns
-            raise KeyboardInterrupt
+        if fire and phase == "interrupt_after":     # a real Ctrl-C landing as it returns
+            os.kill(os.getpid(), signal.SIGINT)
+            return out
         if fire:
             _die()
         return out

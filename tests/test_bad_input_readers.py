@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -255,15 +254,17 @@ def test_bad_numbers_and_checkpoints_are_one_line(runner, cli_app, tmp_path, run
 @pytest.fixture
 def read_only(monkeypatch):
     """Make `root` behave like a read-only mount (the tests run as root, so chmod would not)."""
+    from gfnem_cli.engine import files
+
     def arm(root: Path):
-        real = tempfile.mkstemp
+        real = files.create_exclusive
 
-        def mkstemp(*args, dir=None, **kwargs):
-            if dir is not None and Path(dir).resolve().is_relative_to(root.resolve()):
+        def create(name):
+            if Path(name).parent.resolve().is_relative_to(root.resolve()):
                 raise OSError(errno.EROFS, "Read-only file system")
-            return real(*args, dir=dir, **kwargs)
+            return real(name)
 
-        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(files, "create_exclusive", create)
     return arm
 
 

@@ -302,9 +302,6 @@ def test_sigterm_or_ctrl_c_at_random_moments_stops_politely_then_resumes_exactly
     print(f"\nFAULT signals [{method}]: {len(cases)} cases: {outcomes}")
 
 
-@pytest.mark.xfail(strict=True, reason="a Ctrl-C abort landing as tempfile.mkstemp returns "
-                   "leaves its file: the name is not known to write_atomic's / "
-                   "check_writable_dir's cleanup yet (engine/files.py)")
 def test_ctrl_c_abort_inside_a_temporary_file_creation_leaves_nothing(server, references,
                                                                       tmp_path):
     ref = references("marginal")
@@ -312,7 +309,7 @@ def test_ctrl_c_abort_inside_a_temporary_file_creation_leaves_nothing(server, re
     for call in (1, 2, 9):       # the --out probe, config.yaml's temporary, a checkpoint's
         folder = tmp_path / f"case{call}"
         folder.mkdir()
-        fault = {"kind": "kill_in", "target": "tempfile:_mkstemp_inner", "call": call,
+        fault = {"kind": "kill_in", "target": "gfnem_cli.engine.files:create_exclusive", "call": call,
                  "phase": "interrupt_after"}
         result = server.run(ref.argv(folder / "run"), fault=fault)
         assert result.code == 130 and "Traceback" not in result.stderr, result

@@ -278,7 +278,7 @@ def test_a_read_only_output_is_refused_before_any_work(tmp_path, monkeypatch, co
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files, "create_exclusive", read_only)
     result = train(runner, cli_app, write_recipe(tmp_path, corpus), tmp_path / "run")
     assert_one_line_error(result, "Read-only file system")
     assert not (tmp_path / "run").exists()

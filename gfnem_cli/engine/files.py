@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -41,11 +41,11 @@ def write_atomic(path: Path, write: Callable[[object], None], binary: bool = Tru
     path = Path(path)
     if path.is_dir():
         raise GfnemError("is a directory, not a file", path, hint="give a file name")
-    tmp = None
+    tmp = _temporary_name(path.parent, "." + path.name + ".", ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, FILE_MODE)
+        fd = create_exclusive(tmp)
+        os.fchmod(fd, FILE_MODE)           # whatever the umask
         mode = "wb" if binary else "w"
         kwargs = {} if binary else {"encoding": "utf-8", "newline": ""}
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -59,6 +59,18 @@ def write_atomic(path: Path, write: Callable[[object], None], binary: bool = Tru
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _temporary_name(folder: Path, prefix: str, suffix: str) -> str:
+    """A fresh name, chosen before the file exists: whatever interrupts the creation (a second
+    Ctrl-C lands in any thread), the cleanup already knows which file to remove."""
+    return os.path.join(folder, prefix + secrets.token_hex(6) + suffix)
+
+
+def create_exclusive(name: str) -> int:
+    """Create `name`, which must not exist yet; the one place files are created (tests
+    inject read-only filesystems and full disks here)."""
+    return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -83,9 +95,11 @@ def check_output_file(path: Path) -> None:
 def check_writable_dir(directory: Path, shown: object | None = None) -> None:
     """Create and delete a probe file in `directory`: the only test that sees read-only
     mounts and root-owned folders alike (`os.access` is always true for root)."""
+    probe = _temporary_name(Path(directory), ".gfnem-probe-", "")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".gfnem-probe-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
+        os.close(create_exclusive(probe))
     except OSError as exc:
         raise os_error(exc, shown if shown is not None else directory) from None
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
