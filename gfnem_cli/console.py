@@ -1,7 +1,7 @@
 """Shared rich consoles and the decorator that turns user errors into one clean line.
 
-Errors and warnings are printed with `soft_wrap`, so a message stays one line however narrow
-the terminal or pipe is: log scrapers and `grep` see the whole of it.
+Both consoles print with `soft_wrap`, so an error, a warning or a note stays one line however
+narrow the terminal or pipe is: log scrapers and `grep` see the whole of it.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import typer
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)          # messages never wrap; tables still fit the width
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def warn(message: str) -> None:

@@ -335,3 +335,24 @@ def test_run_info_records_what_made_the_run_and_each_resume(tmp_path, corpus, ru
     info = json.loads((run / "run_info.json").read_text())
     assert info["torch"] == torch.__version__ and info["started"]["device"] == "cpu"
     assert [r["from_step"] for r in info["resumes"]] == [6]
+
+
+def test_messages_stay_one_line_in_a_narrow_pipe(tmp_path, corpus):
+    """An error, a warning or a note is one line however narrow the terminal: grep sees it."""
+    missing = tmp_path / ("a-rather-long-folder-name-" * 4) / "recipe.yaml"
+    env = {**os.environ, "COLUMNS": "40", "TERM": "dumb"}
+    done = subprocess.run([sys.executable, "-m", "gfnem_cli", "train", str(missing), "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0], done.stderr
+    latin = tmp_path / ("a-long-name-for-a-text-file-" * 3 + ".txt")
+    latin.write_bytes("the caf\u00e9 is open\nthe dog saw a cat\n".encode("latin-1"))
+    warned = subprocess.run([sys.executable, "-m", "gfnem_cli", "prepare", "text", str(latin),
+                             "--out", str(tmp_path / "c")], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert warned.returncode == 0, warned.stderr
+    warnings = [line for line in warned.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:"), warned.stderr
+    assert str(latin) in warnings[0] and "latin-1" in warnings[0]
