@@ -24,7 +24,7 @@ class SequencesTask:
     """D tokens, lengths 1..N; features are one-hot per position (D tokens + blank)."""
 
     lr, lr_flows, anneal = 1e-3, 1e-1, True        # the paper's Adam settings (App. E)
-    samples_per_input, eval_every, threshold = 128, 16, 0.3
+    samples_per_input, eval_every, threshold = 128, 16, 0.1
 
     def __init__(self, vocab: int = 8, max_len: int = 6, seed: int = 0, name: str | None = None):
         self.D, self.N, self.end = vocab, max_len, vocab

@@ -32,14 +32,14 @@ class SetsTask:
     samples_per_input, eval_every = 128, 16
 
     def __init__(self, size: int = 32, set_size: int = 16, seed: int = 0,
-                 eval_sets: int = 512, eval_orders: int = 16, name: str | None = None,
+                 eval_sets: int = 2048, eval_orders: int = 16, name: str | None = None,
                  threshold: float | None = None):
         self.D, self.N = size, set_size
         self.name = name or f"sets(D={size},N={set_size})"
         g = torch.Generator().manual_seed(seed)
         self.f = torch.rand(size, generator=g, dtype=torch.float64) * 2 - 1
         self.eval_sets, self.eval_orders = eval_sets, eval_orders
-        self.threshold = threshold if threshold is not None else (0.1 if size <= 20 else 0.2)
+        self.threshold = 0.1 if threshold is None else threshold
         self._suffix = self._suffix_table()          # log e_k(w_d, …, w_{D−1})
         self.log_z_exact = float(self._suffix[0, set_size])
 
