@@ -1,5 +1,5 @@
 """The Sets and Sequences tasks of da Silva et al. (2024) in tests/benchmarks/divergence_tasks:
-exact Z, target and sampler distributions against brute-force enumeration on tiny sizes, the
+and the Phylogenetics task: exact Z, target and sampler distributions against brute-force enumeration on tiny sizes, the
 Monte Carlo L1 against the exact one, one step of every objective, and the --quick study."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
 
-from divergence_tasks import SequencesTask, SetsTask  # noqa: E402
+from divergence_tasks import PhyloTask, SequencesTask, SetsTask  # noqa: E402
 from divergence_tasks.policy_nets import masked_log_softmax  # noqa: E402
 from gfnem_cli.engine.objectives import OBJECTIVES, build_objective  # noqa: E402
 
@@ -140,8 +140,78 @@ def test_sequences_sampled_trajectories_are_the_enumerated_ones():
     assert torch.allclose(traj.log_reward.double(), task.log_reward(traj.z), atol=1e-5)
 
 
+# ---------------------------------------------------------------------------------- phylo
+def brute_log_lik(task, tree) -> float:
+    """Σ_sites log Σ over every assignment of the internal nodes (root uniform) of Π P(edge)."""
+    internal = []
+
+    def walk(node):                       # a node is a species index or a (left, right) pair
+        if isinstance(node, int):
+            return node
+        internal.append(node)
+        return (walk(node[0]), walk(node[1]))
+    walk(tree)
+    total = 0.0
+    for site in range(task.sites):
+        lik = 0.0
+        for states in itertools.product(range(4), repeat=len(internal)):
+            value = dict(zip(map(id, internal), states))
+            p = 0.25
+
+            def edges(node):
+                nonlocal p
+                for child in node:
+                    child_state = int(task.data[child, site]) if isinstance(child, int) else value[id(child)]
+                    p *= float(task.P[value[id(node)], child_state])
+                    if not isinstance(child, int):
+                        edges(child)
+            edges(tree)
+            lik += p
+        total += math.log(lik)
+    return total
+
+
+def test_phylo_exact_distributions_match_enumeration_of_trajectories():
+    task = PhyloTask(4, 3, seed=2)
+    sampler = perturb(task.new_sampler(0), 0.5)
+    feats, log_pt, log_r = task.exact(sampler)
+    assert len(feats) == 15                                   # (2·4 − 3)!! rooted trees
+    key = {tuple(row.nonzero().squeeze(1).tolist()): k for k, row in enumerate(feats)}
+    by_tree, log_pb_sum = torch.zeros(15, dtype=torch.float64), torch.zeros(15, dtype=torch.float64)
+    for actions in itertools.product(range(6), repeat=3):
+        state, nodes, log_pf, log_pb = task._initial(1), list(range(4)), 0.0, 0.0
+        ok = True
+        for a in actions:
+            allowed = task._allowed(state["clade"])
+            if not allowed[0, a]:
+                ok = False
+                break
+            with torch.no_grad():
+                logits, _ = sampler(state["feats"])
+            log_pf += float(masked_log_softmax(logits, allowed)[0, a])
+            i, j = task.pairs[a].tolist()
+            nodes[i], nodes[j] = (nodes[i], nodes[j]), None
+            state = task._join(state, torch.tensor([a]))
+            clades = state["clade"][0]
+            log_pb -= math.log(int(((clades > 0) & (clades & (clades - 1) > 0)).sum()))
+        if not ok:
+            continue
+        k = key[tuple(state["feats"][0].nonzero().squeeze(1).tolist())]
+        by_tree[k] += math.exp(log_pf)
+        log_pb_sum[k] += math.exp(log_pb)
+        assert float(log_r[k]) == pytest.approx(brute_log_lik(task, nodes[0]), abs=1e-9)
+    assert torch.allclose(by_tree, log_pt.exp(), rtol=1e-5)
+    assert torch.allclose(log_pb_sum, torch.ones(15, dtype=torch.float64))   # P_B sums to 1 per tree
+    traj = task.sample(sampler, 20000, torch.Generator().manual_seed(3))
+    ids = torch.tensor([key[tuple(r.nonzero().squeeze(1).tolist())] for r in traj.z])
+    freq = torch.bincount(ids, minlength=15).double() / len(ids)
+    assert float((freq - log_pt.exp()).abs().max()) < 0.015
+    assert torch.allclose(traj.log_reward.double(), log_r[ids], atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------- objectives
-@pytest.mark.parametrize("task", [SetsTask(32, 16), SequencesTask(8, 6)], ids=["sets", "sequences"])
+@pytest.mark.parametrize("task", [SetsTask(32, 16), SequencesTask(8, 6), PhyloTask(7, 25)],
+                         ids=["sets", "sequences", "phylo"])
 def test_every_objective_takes_a_finite_step(task):
     sampler = task.new_sampler(0)
     for name in OBJECTIVES:
