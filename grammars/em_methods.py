@@ -27,36 +27,13 @@ from __future__ import annotations
 
 import torch
 
-from gfnem_cli.engine.em import (EMLoop, EMOptions, Exploration, GFlowNetEStep,
-                                 PosteriorEStep, Refined)
+from gfnem_cli.engine import (DIVERGENCES, EMLoop, EMOptions, Exploration, GFlowNetEStep,
+                              PosteriorEStep, Refined, ThresholdSchedule, exploration_from_config,
+                              objective_from_config)
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.schedules import ThresholdSchedule
 from grammars.likelihood import corpus_likelihood, tokens_in
 
 METHODS = ("gfnem", "exact-sampling", "mcem")
-DIVERGENCES = ("reverse_kl", "forward_kl", "renyi", "tsallis")
-
-
-# ============================================================================ scoring
-class JointScorer:
-    """The reward a tree sampler reads: a grammar's `log_joint` and `partial_log_joint`.
-
-    A thin view of the model, so samplers, local search, MH chains and the importance bound
-    all score trees through one object (and a model wrapper can be swapped in here).
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    def log_joint(self, ids: torch.Tensor, lengths: torch.Tensor, trees) -> torch.Tensor:
-        return self.model.log_joint(ids, lengths, trees)
-
-    def partial_log_joint(self, ids: torch.Tensor, lengths: torch.Tensor, trees) -> torch.Tensor:
-        return self.model.partial_log_joint(ids, lengths, trees)
-
-
-def joint_scorer(model) -> JointScorer:
-    return JointScorer(model)
 
 
 def _inputs(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,26 +45,27 @@ def _inputs(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
 class GrammarFamily:
     """Grammar + (optional) tree sampler, as the engine's `SamplerFamily` sees them."""
 
+    nll_unit = "token"            # `CountsUnits`: one `</s>` per sentence counted (DESIGN §6)
+
     def __init__(self, model, sampler, device, dream_max_length: int = 20):
         self.model, self.sampler, self.device = model, sampler, device
-        self.scorer = JointScorer(model)
         self.dream_max_length = dream_max_length
 
     def batch_size(self, batch) -> int:
         return len(batch)
 
-    def num_tokens(self, batch) -> int:
+    def num_units(self, batch) -> int:
         return tokens_in(batch.lengths)
 
     def log_joint(self, batch, z, n: int) -> torch.Tensor:
         ids, lengths = _inputs(batch, self.device)
-        return self.scorer.log_joint(ids.repeat_interleave(n, 0), lengths.repeat_interleave(n, 0),
-                                     z)
+        return self.model.log_joint(ids.repeat_interleave(n, 0), lengths.repeat_interleave(n, 0),
+                                    z)
 
     def sample(self, batch, n: int, exploration: Exploration, need_flows: bool):
         ids, lengths = _inputs(batch, self.device)
         return self.sampler.sample(ids, lengths, n, temperature=exploration.temperature,
-                                   epsilon=exploration.epsilon, reward=self.scorer,
+                                   epsilon=exploration.epsilon, reward=self.model,
                                    need_flows=need_flows)
 
     def refine(self, batch, traj, exploration: Exploration, rounds: int, rescore: bool,
@@ -97,7 +75,7 @@ class GrammarFamily:
 
         ids, lengths = _inputs(batch, self.device)
         with frozen_tables(self.model):      # θ is fixed during the E-step: score cheaply
-            result = local_search(self.sampler, ids, lengths, traj, self.scorer,
+            result = local_search(self.sampler, ids, lengths, traj, self.model,
                                   k=exploration.local_search_steps, rounds=rounds,
                                   temperature=exploration.temperature,
                                   epsilon=exploration.epsilon, rescore=rescore,
@@ -157,27 +135,6 @@ def load_sampler(config: dict, vocab_size: int, method_state: dict, device):
     return sampler.to(device).eval()
 
 
-def build_objective_from_config(config: dict):
-    from gfnem_cli.engine.objectives import build_objective
-
-    o = config["objective"]
-    name = str(o["name"]).lower().replace("-", "_")
-    options: dict = {}
-    if name == "subtb":
-        options["lambda"] = o["lambda"]
-    if name in DIVERGENCES:
-        options.update(control_variate=o["control_variate"],
-                       importance_weighting=o["importance_weighting"])
-        if name in ("renyi", "tsallis"):
-            options["alpha"] = o["alpha"]
-        if name == "tsallis":
-            options["max_log_weight"] = o["max_log_weight"]
-        if config["sampler"]["learn_backward"]:
-            raise GfnemError(f"objective {name} keeps P_B fixed: it needs a uniform backward "
-                             "policy", hint="set sampler.learn_backward: false")
-    return build_objective(name, **options), name in ("subtb", "db")
-
-
 def sampler_optimizer(sampler, config: dict) -> torch.optim.Adam:
     """Adam with two groups: the policy (encoder, P_F, P_B) and the flow / log Z heads."""
     s = config["sampler"]
@@ -197,7 +154,7 @@ def _exact_draw(model, device):
     return draw
 
 
-def _validator(model, sampler, scorer, valid_batches, inside, device, samples: int, seed: int):
+def _validator(model, sampler, valid_batches, inside, device, samples: int, seed: int):
     def validate() -> dict:
         if not valid_batches:
             return {}
@@ -211,7 +168,7 @@ def _validator(model, sampler, scorer, valid_batches, inside, device, samples: i
                         else UniformTreeProposal(model.num_nonterminals))
             holder = type("Run", (), {"model": model, "device": device})()
             result = importance_sampled_likelihood(holder, valid_batches, samples, seed,
-                                                   proposal=proposal, score=scorer.log_joint)
+                                                   proposal=proposal, score=model.log_joint)
         out = {"val_nll_per_token": result.nll_per_token, "val_ppl": result.perplexity,
                "val_nll_is_bound": bool(result.is_bound)}
         if result.std_error is not None:
@@ -246,24 +203,22 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
                               "(its labels summed out)")
     family_class = MSTEP_LABELS[em["mstep_labels"]]
     dream_len = em["sleep_max_length"] or config["data"]["max_train_length"] or 20
-    grammar_opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]))
+    model_opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]))
     options = EMOptions(
         threshold=ThresholdSchedule(float(em["threshold_max"]), float(em["threshold_min"]),
                                     int(em["threshold_horizon"])),
         ema_decay=em["ema_decay"], mstep_samples=em["mstep_samples"],
-        importance_weighted=em["importance_weighted"], grammar_grad_clip=train["grad_clip"])
+        importance_weighted=em["importance_weighted"], model_grad_clip=train["grad_clip"])
     sampler = None
     if method == "gfnem":
         sampler = build_sampler(config, model.vocab_size, model.num_nonterminals).to(device)
         family = family_class(model, sampler, device, dream_len)
-        objective, need_flows = build_objective_from_config(config)
+        objective, need_flows = objective_from_config(config, s["learn_backward"])
         if em["importance_weighted"] and em["mstep_local_search_rounds"] > 0:
             raise GfnemError("em.importance_weighted needs the proposal density of the M-step "
                              "trees, which local search does not keep",
                              hint="set em.mstep_local_search_rounds: 0")
-        exploration = Exploration(temperature=s["temperature"], epsilon=s["epsilon"],
-                                  local_search_rounds=s["local_search_rounds"],
-                                  local_search_steps=s["local_search_steps"])
+        exploration = exploration_from_config(s)
         estep = GFlowNetEStep(
             family, objective, sampler_optimizer(sampler, config), sampler.parameters(),
             samples_per_input=s["samples_per_input"], exploration=exploration,
@@ -288,14 +243,14 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
             if em["mstep_samples"] != 1:
                 raise GfnemError("method 'mcem' keeps one chain per sentence",
                                  hint="set em.mstep_samples: 1")
-            draws = MCEMDraws(family.scorer.log_joint, model.num_nonterminals, mc["steps"],
+            draws = MCEMDraws(model.log_joint, model.num_nonterminals, mc["steps"],
                               mc["rotation_prob"], device, model)
             estep = PosteriorEStep(draws, state=draws)
         modules = {"model": model}
-    validate = _validator(model, sampler, family.scorer, valid_batches, inside, device,
+    validate = _validator(model, sampler, valid_batches, inside, device,
                           em["valid_samples"], train["seed"])
-    return EMLoop(family, estep, grammar_opt, model.parameters(), options, validate, modules)
+    return EMLoop(family, estep, model_opt, model.parameters(), options, validate, modules)
 
 
-__all__ = ["build_em_method", "GrammarFamily", "JointScorer", "joint_scorer", "build_sampler",
-           "load_sampler", "sampler_optimizer", "build_objective_from_config", "METHODS"]
+__all__ = ["build_em_method", "GrammarFamily", "build_sampler", "load_sampler",
+           "sampler_optimizer", "METHODS", "DIVERGENCES", "MSTEP_LABELS"]

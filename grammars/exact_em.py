@@ -2,7 +2,7 @@
 
 The baseline every GFlowNet-EM result is judged against: the inside algorithm sums over all
 trees, so the gradient of log p(x) is exact (Kim et al. 2019). Adam with β = (0.75, 0.999)
-and gradient-norm clipping at 3, as in that paper.
+and gradient-norm clipping at 3, as in that paper, through the engine's checked step.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from gfnem_cli.engine.trainer import NonFiniteLoss
+from gfnem_cli.engine import checked_step
 from grammars.likelihood import corpus_likelihood, sentence_log_likelihood, tokens_in
 
 
@@ -34,15 +34,7 @@ class ExactMarginalMethod:
         ids, lengths = batch.ids.to(self.device), batch.lengths.to(self.device)
         log_p, _ = sentence_log_likelihood(self.model, ids, lengths, self.inside)
         loss = -log_p.mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        if not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLoss
-        self.optimizer.step()
+        norm = checked_step(loss, self.optimizer, self.model.parameters(), self.grad_clip)
         nll = float(-log_p.detach().double().sum()) / tokens_in(lengths)
         return {"loss": float(loss.detach()), "nll_per_token": nll, "ppl": math.exp(min(nll, 700.0)),
                 "grad_norm": float(norm)}

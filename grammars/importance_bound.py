@@ -18,7 +18,9 @@ logsumexp over M, the sums over sentences and tokens are float64). NLL per token
 `</s>` per sentence (length + 1 tokens); 1-word sentences (which a CNF grammar cannot derive)
 are skipped, as in the exact NLL.
 
-Standard error (delta method, per sentence): with normalised weights w̃_m = w_m / Σ w and
+The float64 accumulation and the standard error are the engine's
+(`gfnem_cli/engine/importance.py`), shared with the image family. Standard error (delta method,
+per sentence): with normalised weights w̃_m = w_m / Σ w and
 r = Σ_m w̃_m² (1/r is the effective sample size),
     Var[log p̂(x)] ≈ Var(w) / (M · mean(w)²) = (M·r − 1) / (M − 1),
 using the unbiased sample variance of the weights. Sentences are independent, so the standard
@@ -36,6 +38,7 @@ import math
 
 import torch
 
+from gfnem_cli.engine import ImportanceEstimate, standard_error
 from grammars.binary_trees import BinaryTrees
 from grammars.likelihood import CorpusLikelihood, tokens_in
 
@@ -123,29 +126,16 @@ def importance_log_likelihood(score, proposal, ids: torch.Tensor, lengths: torch
         raise ValueError("num_samples must be at least 1")
     B = ids.shape[0]
     per_pass = max(1, min(num_samples, rows_per_pass // max(B, 1)))
-    lse1 = torch.full((B,), -math.inf, dtype=torch.float64, device=ids.device)
-    lse2 = torch.full((B,), -math.inf, dtype=torch.float64, device=ids.device)
+    estimate = ImportanceEstimate(B, ids.device)
     done = 0
     while done < num_samples:
         n = min(per_pass, num_samples - done)
         trees, log_pf, log_pb = proposal.propose(ids, lengths, n, generator)
         rep_ids, rep_len = ids.repeat_interleave(n, 0), lengths.repeat_interleave(n, 0)
         log_r = score(rep_ids, rep_len, trees)
-        log_w = (log_r.double() + log_pb.double() - log_pf.double()).view(B, n)
-        lse1 = torch.logaddexp(lse1, torch.logsumexp(log_w, 1))
-        lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * log_w, 1))
+        estimate.add((log_r.double() + log_pb.double() - log_pf.double()).view(B, n))
         done += n
-    M = num_samples
-    log_p = lse1 - math.log(M)
-    r = torch.exp(lse2 - 2 * lse1)                       # Σ w̃², in [1/M, 1]
-    var = (M * r - 1.0).clamp(min=0.0) / (M - 1) if M > 1 else torch.full_like(r, math.inf)
-    return log_p, var, 1.0 / r
-
-
-def _score_of(run):
-    from grammars.em_methods import joint_scorer
-
-    return joint_scorer(run.model).log_joint
+    return estimate.result()
 
 
 def run_proposal(run):
@@ -167,7 +157,7 @@ def importance_sampled_likelihood(run, batches, num_samples: int, seed: int = 0,
     """
     device = torch.device(getattr(run, "device", "cpu"))
     proposal = proposal if proposal is not None else run_proposal(run)
-    score = score if score is not None else _score_of(run)
+    score = score if score is not None else run.model.log_joint
     generator = torch.Generator(device=device).manual_seed(int(seed))
     total, var_total, tokens, count = 0.0, 0.0, 0, 0
     for batch in batches:
@@ -182,5 +172,5 @@ def importance_sampled_likelihood(run, batches, num_samples: int, seed: int = 0,
         var_total += float(var.sum())
         tokens += tokens_in(lengths)
         count += int(keep.sum())
-    std_error = math.sqrt(var_total) / max(tokens, 1)
+    std_error = standard_error(var_total, tokens)
     return CorpusLikelihood(total, tokens, count, True, std_error)

@@ -12,20 +12,19 @@ from pathlib import Path
 import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
-from gfnem_cli.engine.config import load_config, resolve_config
+from gfnem_cli.engine.config import resolve_config
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.runs import (BEST, LAST, check_resume_config, check_start, inspect_run_dir,
-                                   read_saved_config, resolve_device, run_info, same_config,
-                                   write_run_files)
+from gfnem_cli.engine.runs import (BEST, RESUMABLE_CHANGES, check_checkpoint_config,
+                                   check_resume_config, check_start, checkpoint_path,
+                                   inspect_run_dir, resolve_device, run_info, write_run_files)
+from gfnem_cli.engine.runs import saved_config as _saved_config
 from gfnem_cli.engine.trainer import Trainer, TrainerOptions
 from grammars.batching import BucketedSchedule, in_order_batches
 from grammars.corpus import load_corpus
 from grammars.recipe import GRAMMAR_DEFAULTS
 from grammars.vocabulary import Vocabulary
 
-# keys --resume may change: how long to train and how often to evaluate and checkpoint
-RESUMABLE_CHANGES = {"train.steps", "train.max_model_updates", "train.eval_every",
-                     "train.checkpoint_every"}
+SELECT_METRIC = "val_nll_per_token"     # what best.pt minimizes (the NLL unit: a token)
 
 
 def inside_backend(name: str):
@@ -49,10 +48,7 @@ def build_model(config: dict, vocab_size: int):
 def saved_config(run_dir: Path) -> dict:
     """The run's config.yaml, checked against the schema like a recipe (a hand-edited one
     that no longer validates is a one-line error, not a traceback later)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        read_saved_config(run_dir)      # the "not a run directory" error
-    return load_config(GRAMMAR_DEFAULTS, path)
+    return _saved_config(run_dir, GRAMMAR_DEFAULTS)
 
 
 def split_ids(corpus, split: str, role: str, key: str) -> list:
@@ -120,15 +116,13 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     options = TrainerOptions(steps=train["steps"], max_model_updates=train["max_model_updates"],
                              eval_every=train["eval_every"],
                              checkpoint_every=train["checkpoint_every"],
-                             show_progress=show_progress)
+                             select_metric=SELECT_METRIC, show_progress=show_progress)
     trainer = Trainer(out, method, schedule, options, config, corpus.manifest["fingerprint"],
                       items_in=len)
     resumed = resume and state.has_checkpoint   # a run killed before its first checkpoint
     checkpoint = trainer.load_checkpoint() if resumed else None   # starts again from step 0
-    if checkpoint is not None and not same_config(checkpoint["config"], saved_config(out),
-                                                  RESUMABLE_CHANGES):
-        raise GfnemError("config.yaml does not match the run's checkpoint", out / "config.yaml",
-                         hint="restore the run's config.yaml")
+    if checkpoint is not None:
+        check_checkpoint_config(checkpoint, saved_config(out), out)
     # every check passed: from here on files are written, each atomically
     files = {"vocab.json": (corpus.path / "vocab.json").read_text(encoding="utf-8"),
              "corpus_manifest.json": (corpus.path / "manifest.json").read_text(encoding="utf-8")}
@@ -165,22 +159,13 @@ def load_run(run_dir: Path, device: str = "auto", which: str = BEST,
     """A trained run, checked: config.yaml valid, the checkpoint readable and made by this
     config, its tensors the shapes the config and vocabulary give."""
     run_dir = Path(run_dir)
-    if which not in (BEST, LAST):
+    if which not in (BEST, "last"):
         raise GfnemError(f"unknown checkpoint {which!r}", hint="use best or last")
     config = saved_config(run_dir)
     vocab = Vocabulary.load(run_dir / "vocab.json")
-    path = run_dir / "checkpoints" / f"{which}.pt"
-    if not path.exists() and which == BEST:
-        path = run_dir / "checkpoints" / f"{LAST}.pt"
-        if path.exists() and on_warning is not None:
-            on_warning(f"{run_dir}: no best.pt (the run was never validated); using last.pt")
-    if not path.exists():
-        raise GfnemError("this run has no checkpoint yet", run_dir,
-                         hint="let `gfnem train` reach its first checkpoint, or resume it")
+    path = checkpoint_path(run_dir, which, on_warning)
     state = ckpt.load(path)
-    if not same_config(state["config"], config, RESUMABLE_CHANGES):
-        raise GfnemError(f"config.yaml does not match the checkpoint {path.name}",
-                         run_dir / "config.yaml", hint="restore the run's config.yaml")
+    check_checkpoint_config(state, config, run_dir, f"the checkpoint {path.name}")
     dev = resolve_device(device)
     from grammars.em_methods import load_sampler
 

@@ -17,12 +17,6 @@ import torch
 from grammars.binary_trees import BinaryTrees
 
 
-def _score(run):
-    from grammars.em_methods import joint_scorer
-
-    return joint_scorer(run.model)
-
-
 def _rows(trees: BinaryTrees, pick: torch.Tensor) -> BinaryTrees:
     return BinaryTrees(trees.spans[pick], trees.labels[pick], trees.lengths[pick],
                        None if trees.preterminals is None else trees.preterminals[pick])
@@ -32,7 +26,7 @@ def _rows(trees: BinaryTrees, pick: torch.Tensor) -> BinaryTrees:
 def draw_trees_for_decoding(run, ids: torch.Tensor, lengths: torch.Tensor, k: int
                             ) -> tuple[BinaryTrees, torch.Tensor]:
     """K trees per sentence (rows b·K .. b·K+K−1) and their log p(x, z)."""
-    scorer = _score(run)
+    scorer = run.model
     ids = ids[:, : int(lengths.max())]
     rep_ids, rep_len = ids.repeat_interleave(k, 0), lengths.repeat_interleave(k, 0)
     sampler = getattr(run, "sampler", None)
@@ -117,7 +111,7 @@ def sampler_draws(run, ids: torch.Tensor, lengths: torch.Tensor, n: int):
     from grammars.tree_draws import TreeDraws
 
     sampler = run.sampler
-    scorer = _score(run)
+    scorer = run.model
     ids = ids[:, : int(lengths.max())]
     traj = sampler.sample(ids, lengths, n, reward=scorer)
     return TreeDraws(traj.z, (traj.log_pf - traj.log_pb).detach(), traj.log_reward.detach(),

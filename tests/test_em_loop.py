@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from gfnem_cli.engine.em import (Draw, EMLoop, EMOptions, Exploration, GFlowNetEStep,
-                                 PosteriorEStep, Refined)
+from gfnem_cli.engine import (Draw, EMLoop, EMOptions, Exploration, GFlowNetEStep,
+                              PosteriorEStep, Refined)
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.objectives import build_objective
 from gfnem_cli.engine.schedules import MovingAverage, ThresholdSchedule
@@ -142,7 +142,7 @@ def test_mstep_runs_only_while_the_ema_is_below_tau():
         moved = not torch.equal(before, model.theta.detach())
         assert moved == (gate < tau)
         g += int(gate < tau)
-        assert m["grammar_updates"] == g
+        assert m["model_updates"] == g
     assert 0 < g < 40          # both regimes were visited
 
 
@@ -164,9 +164,9 @@ def test_nonfinite_loss_stops_before_any_optimizer_step(where):
     loop, model, sampler, family = make_loop()
     loop.train_step(DATA)
     state = {k: v.detach().clone() for k, v in [("theta", model.theta), ("phi", sampler.logits)]}
-    opt_states = (repr(loop.grammar_optimizer.state_dict()),
+    opt_states = (repr(loop.model_optimizer.state_dict()),
                   repr(loop.estep.optimizer.state_dict()))
-    ema, g = loop.ema.value, loop.grammar_updates
+    ema, g = loop.ema.value, loop.model_updates
     if where == "estep":
         family.nan_reward = True
     else:  # only the M-step's scores are NaN
@@ -177,9 +177,9 @@ def test_nonfinite_loss_stops_before_any_optimizer_step(where):
         loop.train_step(DATA)
     assert torch.equal(state["theta"], model.theta.detach())
     assert torch.equal(state["phi"], sampler.logits.detach())
-    assert opt_states == (repr(loop.grammar_optimizer.state_dict()),
+    assert opt_states == (repr(loop.model_optimizer.state_dict()),
                           repr(loop.estep.optimizer.state_dict()))
-    assert loop.ema.value == ema and loop.grammar_updates == g
+    assert loop.ema.value == ema and loop.model_updates == g
     assert all(p.grad is None for p in list(model.parameters()) + list(sampler.parameters()))
 
 
@@ -192,7 +192,7 @@ def test_importance_weighted_mstep_estimates_the_exact_gradient():
         loop, model, _, _ = make_loop(
             model_scale=1.5, sampler_lr=0.0,
             options_kw={"mstep_samples": 20000, "importance_weighted": importance_weighted,
-                        "grammar_grad_clip": 0.0},
+                        "model_grad_clip": 0.0},
             grammar_opt=lambda m: torch.optim.SGD(m.parameters(), lr=1.0))
         before = model.theta.detach().clone()
         exact_model = Model(1.5)
@@ -233,7 +233,7 @@ def rao_blackwell_delta(importance_weighted: bool, samples: int, groups=UNEQUAL)
     estep = GFlowNetEStep(RaoBlackwellFamily(model, sampler), build_objective("tb"),
                           torch.optim.SGD(sampler.parameters(), lr=0.0), sampler.parameters())
     options = EMOptions(mstep_samples=samples, importance_weighted=importance_weighted,
-                        grammar_grad_clip=0.0)
+                        model_grad_clip=0.0)
     loop = EMLoop(estep.family, estep, torch.optim.SGD(model.parameters(), lr=1.0),
                   model.parameters(), options, lambda: {}, {"model": model})
     x = torch.tensor([0, 1, 2])
@@ -270,7 +270,7 @@ def test_gfnem_fits_the_data_and_the_sampler_tracks_the_posterior():
     for _ in range(400):
         metrics = loop.train_step(DATA)
     end = float(exact_log_px(model, DATA).mean())
-    assert end > BEST - 0.01 and loop.grammar_updates > 50
+    assert end > BEST - 0.01 and loop.model_updates > 50
     posterior = torch.softmax(model.table().detach(), 1)
     q = torch.softmax(sampler.logits.detach(), 1)
     l1 = float((posterior - q).abs().sum(1).max())
@@ -295,7 +295,7 @@ def test_exact_resume_continues_identically():
     assert tail_a == tail_b
     assert torch.equal(model_a.theta, model_b.theta)
     assert torch.equal(sampler_a.logits, sampler_b.logits)
-    assert a.grammar_updates == b.grammar_updates and a.ema.value == b.ema.value
+    assert a.model_updates == b.model_updates and a.ema.value == b.ema.value
 
 
 def test_local_search_hooks_and_their_guards():
@@ -335,7 +335,7 @@ def test_baseline_estep_runs_the_mstep_every_step_on_exact_posterior_draws():
     assert float(exact_log_px(model, DATA).mean()) < BEST - 0.08
     for step in range(1, 101):
         m = loop.train_step(DATA)
-        assert m["mstep"] == 1.0 and m["grammar_updates"] == step and "e_loss" not in m
+        assert m["mstep"] == 1.0 and m["model_updates"] == step and "e_loss" not in m
     assert m["loss"] == m["mstep_loss"] and m["drawn"] == 2.0
     assert float(exact_log_px(model, DATA).mean()) > BEST - 0.01
     with pytest.raises(ValueError):

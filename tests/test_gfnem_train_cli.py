@@ -95,7 +95,7 @@ def test_k_steps_then_resume_equals_2k_steps(tmp_path, corpus, runner, cli_app, 
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=False)
     assert_same_state(a["method"], b["method"])
-    assert a["method"]["em"]["grammar_updates"] == 4          # τ = inf: an M-step every step
+    assert a["method"]["em"]["model_updates"] == 4          # τ = inf: an M-step every step
     lines_a, lines_b = metric_lines(straight), metric_lines(resumed)
     assert lines_a == lines_b
     train_lines = [x for x in lines_a if x["kind"] == "train"]

@@ -16,7 +16,6 @@ import torch
 
 from grammars.batching import in_order_batches
 from grammars.binary_trees import BinaryTrees
-from grammars.em_methods import JointScorer
 from grammars.gflownet import TreeSampler
 from grammars.importance_bound import (SamplerProposal, UniformTreeProposal,
                                        importance_log_likelihood,
@@ -76,7 +75,7 @@ def test_a_perfect_proposal_gives_the_exact_value_with_zero_variance(model):
     K = len(trees)
     spans = torch.tensor([[[s, e] for s, e, _ in t] for t in trees])
     labels = torch.tensor([[a for _, _, a in t] for t in trees])
-    score = JointScorer(model).log_joint
+    score = model.log_joint
     with torch.no_grad():
         log_joint = torch.stack([score(ids[b:b + 1].expand(K, -1), lengths[b:b + 1].expand(K),
                                        BinaryTrees(spans, labels, torch.full((K,), 3)))
@@ -102,7 +101,7 @@ def test_a_perfect_proposal_gives_the_exact_value_with_zero_variance(model):
 
 def test_standard_error_matches_the_spread_of_repeated_estimates(model):
     ids, lengths = torch.tensor([[3, 3, 1, 0, 2]]), torch.tensor([5])
-    score = JointScorer(model).log_joint
+    score = model.log_joint
     proposal = UniformTreeProposal(NT)
     estimates, reported = [], []
     generator = torch.Generator().manual_seed(5)

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from grammars.binary_trees import BinaryTrees
-from grammars.em_methods import JointScorer
 from grammars.mcem import ChainStore, MCEMDraws, mh_chain, propose, right_branching
 from grammars.models import build_grammar
 from grammars.models.forest_score import forest_structure
@@ -31,7 +30,7 @@ def tree_code(spans: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor
 
 def enumerated(kind: str, seed: int = 1):
     model = build_grammar(kind, 6, seed=seed, nonterminals=NT, preterminals=2, symbol_dim=8)
-    score = JointScorer(model).log_joint
+    score = model.log_joint
     trees = all_trees(0, N_WORDS, NT)
     T = len(trees)
     spans = torch.tensor([[[s, e] for s, e, _ in t] for t in trees])
@@ -118,7 +117,7 @@ def test_chains_reach_the_exact_posterior(kind):
 
 def test_chain_store_round_trip_and_exact_continuation():
     model = build_grammar("ncfg", 6, seed=0, nonterminals=3, preterminals=2, symbol_dim=8)
-    score = JointScorer(model).log_joint
+    score = model.log_joint
 
     class Batch:
         def __init__(self, ids, lengths, index):

@@ -165,7 +165,8 @@ def _trainer(tmp_path, method, steps=50):
     from gfnem_cli.engine.trainer import Trainer, TrainerOptions
 
     options = TrainerOptions(steps=steps, eval_every=1000, checkpoint_every=2,
-                             max_nonfinite_in_a_row=3, show_progress=False)
+                             max_nonfinite_in_a_row=3, select_metric="val_nll_per_token",
+                             show_progress=False)
     return Trainer(tmp_path, method, _Schedule(), options, {}, "fp")
 
 

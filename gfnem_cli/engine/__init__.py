@@ -1,5 +1,62 @@
-"""The model-agnostic engine: objectives, the EM loop, the trainer.
+"""The model-agnostic engine, shared by every family (grammars, vae); it never imports one.
 
-It never imports `grammars` or `vae`; a family plugs in through the small interfaces in
-`trajectories.py` (what a sampler returns) and the trainer's method protocol.
+    family.py       the contract a family implements: LatentFamily, SamplerFamily, Exploration,
+                    Draw, Refined, and one typed Protocol per optional capability (LocalSearch,
+                    SleepPhase, RaoBlackwellizedMStep, CountsUnits)
+    trajectories.py what a sampler hands the objectives (DESIGN.md §2)
+    objectives/     TB, SubTB, DB, VarGrad, the divergences and their control variates;
+                    from_recipe.py: recipe -> objective, and the recipe sections families share
+    estep.py        GFlowNetEStep (a trained sampler), PosteriorEStep (a fixed procedure)
+    em.py           EMOptions, EMLoop: the EM loop of GFlowNet-EM
+    schedules.py    the M-step threshold τ(g) and the E-loss moving average
+    trainer.py      the training loop: progress, metrics, checkpoints, resume, signals; the
+                    checked optimizer step (checked_step, check_finite, checked_clip)
+    checkpoint.py   atomic checkpoints, RNG state, old checkpoint keys mapped on load
+    runs.py         run directories: start / resume checks, device choice, config, reading back
+    importance.py   the importance-sampled log-likelihood estimate in float64 with its error
+    recipe_schema.py, config.py   recipe keys with ranges; recipes, --set, saved configs
+    files.py        atomic writes; errors.py: GfnemError, the one-line user error
+
+Families import the public contract from here (`from gfnem_cli.engine import EMLoop`). The
+names are loaded on first use (PEP 562), so importing one light module (errors, files) from
+the command line never imports torch and `gfnem --help` stays fast.
 """
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "family": ("LatentFamily", "SamplerFamily", "Exploration", "Draw", "Refined", "LocalSearch",
+               "SleepPhase", "RaoBlackwellizedMStep", "CountsUnits"),
+    "trajectories": ("Trajectories",),
+    "estep": ("GFlowNetEStep", "PosteriorEStep"),
+    "em": ("EMOptions", "EMLoop"),
+    "schedules": ("ThresholdSchedule", "MovingAverage"),
+    "trainer": ("Trainer", "TrainerOptions", "TrainingInterrupted", "NonFiniteLoss",
+                "checked_step", "check_finite", "checked_clip", "clear_grads"),
+    "importance": ("ImportanceEstimate", "standard_error"),
+    "errors": ("GfnemError",),
+    "objectives": ("build_objective", "OBJECTIVES", "Objective", "check_on_policy"),
+    "objectives.from_recipe": ("DIVERGENCES", "objective_from_config", "exploration_from_config",
+                               "train_section", "objective_section", "em_section",
+                               "exploration_section", "extend"),
+    "runs": ("BEST", "LAST", "RESUMABLE_CHANGES", "check_checkpoint_config",
+             "check_resume_config", "check_start", "checkpoint_path", "inspect_run_dir",
+             "resolve_device", "run_info", "same_config", "saved_config", "write_run_files"),
+    "config": ("resolve_config", "load_config", "validate_config"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,6 +19,11 @@ from gfnem_cli.engine.files import write_atomic
 
 FORMAT_VERSION = 1
 
+# Checkpoint keys renamed to the engine's neutral words; runs written before the rename keep
+# resuming, parsing and evaluating because `load` maps them, here and nowhere else.
+RENAMED_METHOD_KEYS = {"grammar_optimizer": "model_optimizer"}
+RENAMED_EM_KEYS = {"grammar_updates": "model_updates"}
+
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
     """Serialize in memory, then write through `files.write_atomic`: a full disk or a read-only
@@ -46,6 +51,23 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if missing:
         raise GfnemError(f"checkpoint lacks {', '.join(missing)}", path,
                          hint="restore it from a copy, or start the run again")
+    return upgrade(state)
+
+
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint in the format written before the neutral names, read as today's: the
+    method's `grammar_optimizer` is its `model_optimizer`, the EM state's `grammar_updates`
+    its `model_updates`. A current checkpoint passes unchanged."""
+    method = state.get("method")
+    if isinstance(method, dict):
+        for old, new in RENAMED_METHOD_KEYS.items():
+            if old in method and new not in method:
+                method[new] = method.pop(old)
+        em = method.get("em")
+        if isinstance(em, dict):
+            for old, new in RENAMED_EM_KEYS.items():
+                if old in em and new not in em:
+                    em[new] = em.pop(old)
     return state
 
 

@@ -11,6 +11,10 @@ the same for every family:
 2. The family builds its model, loads its data, and (on resume) the trainer loads and checks
    the checkpoint, still without writing.
 3. Only then `write_run_files` replaces the files, each atomically.
+
+A trained run is read back with `saved_config` (config.yaml checked against the family's
+schema), `checkpoint_path` (best.pt, else last.pt with a warning) and `check_checkpoint_config`
+(the checkpoint was made by this config, up to the keys --resume may change).
 """
 from __future__ import annotations
 
@@ -27,12 +31,15 @@ from typing import Any
 import torch
 import yaml
 
-from gfnem_cli.engine.config import flatten
+from gfnem_cli.engine.config import flatten, load_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
 
 LAST, BEST = "last", "best"
 RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "report.json", "checkpoints")
+# keys --resume may change: how long to train and how often to evaluate and checkpoint
+RESUMABLE_CHANGES = {"train.steps", "train.max_model_updates", "train.eval_every",
+                     "train.checkpoint_every"}
 
 
 @dataclass
@@ -112,6 +119,39 @@ def read_saved_config(run_dir: Path) -> dict:
     if not isinstance(tree, dict):
         raise GfnemError("a run config must be a mapping of keys to values", path)
     return tree
+
+
+def saved_config(run_dir: Path, defaults) -> dict:
+    """The run's config.yaml, checked against the family's schema like a recipe (a hand-edited
+    one that no longer validates is a one-line error, not a traceback later)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        read_saved_config(run_dir)      # the "not a run directory" error
+    return load_config(defaults, path)
+
+
+def checkpoint_path(run_dir: Path, which: str = BEST, on_warning=None) -> Path:
+    """checkpoints/{which}.pt; a run never validated has no best.pt, so last.pt is used."""
+    run_dir = Path(run_dir)
+    if which not in (BEST, LAST):
+        raise GfnemError(f"unknown checkpoint {which!r}", hint="use best or last")
+    path = run_dir / "checkpoints" / f"{which}.pt"
+    if not path.exists() and which == BEST:
+        path = run_dir / "checkpoints" / f"{LAST}.pt"
+        if path.exists() and on_warning is not None:
+            on_warning(f"{run_dir}: no best.pt (the run was never validated); using last.pt")
+    if not path.exists():
+        raise GfnemError("this run has no checkpoint yet", run_dir,
+                         hint="let `gfnem train` reach its first checkpoint, or resume it")
+    return path
+
+
+def check_checkpoint_config(checkpoint: dict, config: dict, run_dir: Path,
+                            name: str = "the run's checkpoint") -> None:
+    """A checkpoint must have been made by this config (up to the resumable keys)."""
+    if not same_config(checkpoint["config"], config, RESUMABLE_CHANGES):
+        raise GfnemError(f"config.yaml does not match {name}", Path(run_dir) / "config.yaml",
+                         hint="restore the run's config.yaml")
 
 
 def check_resume_config(saved: dict, wanted: dict, resumable: set[str], run_dir: Path) -> None:

@@ -4,6 +4,12 @@ A family supplies a `Method` (one optimisation step on a batch, validation, its 
 deterministic batch schedule (the batches of epoch e are a function of the seed and e alone).
 The trainer owns everything else, so exact resume, atomic checkpoints, Ctrl-C handling and the
 non-finite-loss policy behave identically for grammars and images.
+
+The checked optimizer step every method uses lives here too: a loss is checked finite before
+its backward pass, gradients are clipped and their norm checked finite, and only then does the
+optimizer step (`checked_step`, or its parts `check_finite` and `checked_clip` where one step
+combines several losses, as the EM loop does). Any failure raises `NonFiniteLoss` with the
+gradients cleared and no parameter or optimizer state changed.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import os_error, write_text_atomic
@@ -22,6 +30,44 @@ from gfnem_cli.engine.files import os_error, write_text_atomic
 
 class NonFiniteLoss(Exception):
     """Raised by a method before any optimizer step when a loss is NaN or infinite."""
+
+
+def clear_grads(params) -> None:
+    for p in params:
+        p.grad = None
+
+
+def check_finite(value: torch.Tensor, params=()) -> None:
+    """Raise `NonFiniteLoss` (gradients of `params` cleared) unless every entry is finite."""
+    if not bool(torch.isfinite(value.detach()).all()):
+        clear_grads(params)
+        raise NonFiniteLoss
+
+
+def checked_clip(params, max_norm: float, clear=()) -> float:
+    """Clip the gradients of `params` to norm `max_norm` (<= 0 or inf: no clipping) and return
+    their norm; a non-finite norm clears the gradients of `clear` and raises `NonFiniteLoss`."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return 0.0
+    limit = max_norm if max_norm > 0 else math.inf
+    norm = float(torch.nn.utils.clip_grad_norm_(with_grad, limit))
+    if not math.isfinite(norm):
+        clear_grads(clear)
+        raise NonFiniteLoss
+    return norm
+
+
+def checked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params,
+                 max_norm: float) -> float:
+    """finite loss -> backward -> clip -> finite norm -> step; returns the gradient norm."""
+    params = list(params)
+    check_finite(loss, params)
+    clear_grads(params)
+    loss.backward()
+    norm = checked_clip(params, max_norm, clear=params)
+    optimizer.step()
+    return norm
 
 
 class TrainingInterrupted(Exception):
@@ -53,7 +99,8 @@ class TrainerOptions:
     max_model_updates: int = 0      # also stop after this many updates of θ (0 = no cap)
     eval_every: int = 500
     checkpoint_every: int = 200
-    select_metric: str = "val_nll_per_token"   # lower is better
+    select_metric: str = ""        # the validation metric best.pt minimizes, named by the
+                                   # family ("" = none: no best.pt)
     max_nonfinite_in_a_row: int = 20
     show_progress: bool = True
 
@@ -177,7 +224,7 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         metrics = self.method.validate()
-        value = metrics.get(self.options.select_metric)
+        value = metrics.get(self.options.select_metric) if self.options.select_metric else None
         self._log({"kind": "eval", "step": self.step, **metrics})
         if value is not None and math.isfinite(value) and value < self.best["value"]:
             self.best = {"value": value, "step": self.step, "metrics": metrics}
@@ -283,10 +330,13 @@ def _finite_or_none(value):
 
 
 def _live(metrics: dict[str, float]) -> str:
-    shown = []
-    for key in ("loss", "nll_per_token", "ppl", "val_nll_per_token", "val_ppl", "items_per_s"):
-        if key in metrics and isinstance(metrics[key], (int, float)):
-            shown.append(f"{key}={metrics[key]:.3g}")
-    if "grammar_updates" in metrics:
-        shown.append(f"updates={int(metrics['grammar_updates'])}")
+    """The progress bar's figures: the loss, the NLL per the family's unit (`nll_per_<unit>`)
+    and perplexity, the same on validation, items per second and the model updates."""
+    keys = ["loss"]
+    for prefix in ("", "val_"):
+        keys += [k for k in metrics if k.startswith(prefix + "nll_per_")] + [prefix + "ppl"]
+    shown = [f"{key}={metrics[key]:.3g}" for key in keys + ["items_per_s"]
+             if key in metrics and isinstance(metrics[key], (int, float))]
+    if "model_updates" in metrics:
+        shown.append(f"updates={int(metrics['model_updates'])}")
     return " ".join(shown)

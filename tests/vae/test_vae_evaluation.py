@@ -117,7 +117,7 @@ def test_save_grid_is_read_by_matplotlib(tmp_path):
 
 
 def test_gflownet_em_runs_through_the_engine_loop():
-    from gfnem_cli.engine.em import EMLoop, EMOptions, Exploration, GFlowNetEStep
+    from gfnem_cli.engine import EMLoop, EMOptions, Exploration, GFlowNetEStep
     from gfnem_cli.engine.objectives import build_objective
 
     vae = tiny_vae()

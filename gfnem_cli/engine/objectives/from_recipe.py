@@ -1,0 +1,150 @@
+"""Recipe -> objective, and the recipe sections every family shares (DESIGN.md §3, §4).
+
+A family's recipe schema (`grammars/recipe.py`, later `vae/recipe.py`) is built from these
+sections, each a tree of `Key(default, range)` a family may give its own defaults and extend:
+
+    train_section(**defaults)     steps, update cap, batch size, the model's Adam, seed, intervals
+    objective_section()           the E-step loss: name and its options
+    em_section(**defaults)        the M-step gate (threshold schedule, EMA), M-step draws,
+                                  importance weighting, the sleep phase, validation samples
+    exploration_section()         how the E-step samples: N per input, temperature, ε, local search
+    extend(section, after, keys)  a section with a family's keys inserted after one of its keys
+
+and read back by
+
+    objective_from_config(config) -> (objective, needs_flows)   the `objective` section built
+    exploration_from_config(section) -> Exploration
+"""
+from __future__ import annotations
+
+from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.family import Exploration
+from gfnem_cli.engine.objectives import OBJECTIVES, build_objective
+from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
+from gfnem_cli.engine.recipe_schema import (
+    ANY_THRESHOLD, AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY,
+    SEED, UNIT_INTERVAL_OPEN, Key, OneOf, Real)
+
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
+DIVERGENCES = ("reverse_kl", "forward_kl", "renyi", "tsallis")
+NEEDS_FLOWS = ("subtb", "db")
+GRAD_CLIP = Real(gt=0, finite=False)           # max gradient norm; .inf = no clipping
+LEARNING_RATE = POSITIVE
+
+
+def objective_name(text: str) -> str:
+    """The canonical spelling of an objective name: 'Reverse-KL' -> 'reverse_kl'."""
+    return str(text).lower().replace("-", "_")
+
+
+def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
+                  grad_clip: float = 3.0, eval_every: int = 200,
+                  checkpoint_every: int = 100) -> dict:
+    """`train`: train.lr, train.betas and train.grad_clip are the model's (M-step) optimizer
+    in every method; train.steps, max_model_updates, eval_every and checkpoint_every are the
+    keys --resume may change."""
+    return {
+        "steps": Key(1000, AT_LEAST_ONE),
+        "max_model_updates": Key(0, COUNT),   # also stop after this many model (M-step)
+                                              # updates; 0 = no cap. Compares EM methods at
+                                              # equal model updates.
+        "batch_size": Key(batch_size, AT_LEAST_ONE),
+        "lr": Key(lr, LEARNING_RATE),
+        "betas": Key(list(betas), BETAS),
+        "grad_clip": Key(grad_clip, GRAD_CLIP),
+        "seed": Key(0, SEED),
+        "eval_every": Key(eval_every, AT_LEAST_ONE),
+        "checkpoint_every": Key(checkpoint_every, AT_LEAST_ONE),
+        "eval_batch_size": Key(16, AT_LEAST_ONE),
+    }
+
+
+def objective_section() -> dict:
+    """`objective`: the E-step loss (`gfnem_cli.engine.objectives`)."""
+    return {
+        "name": Key("tb", OneOf(*OBJECTIVE_NAMES, fold=objective_name)),
+        "lambda": Key(0.9, POSITIVE),             # subtb only
+        "alpha": Key(0.5, Real(gt=0, exclude=(1.0,))),  # renyi, tsallis (alpha -> 1: reverse_kl)
+        "control_variate": Key("loo", OneOf(*CONTROL_VARIATES)),  # divergences
+        "importance_weighting": Key(False, BOOLEAN),  # divergences: off-policy, reweighted
+        "max_log_weight": Key(20.0, Real(gt=0, lt=80)),   # tsallis only (exp must not overflow)
+    }
+
+
+def em_section(*, threshold_max: float = 6.0, threshold_min: float = 3.0,
+               threshold_horizon: int = 10000) -> dict:
+    """`em`: the M-step gate and draws, importance weighting, sleep phase, validation."""
+    return {
+        # M-step only while EMA(E-loss) < tau(g), tau linear from threshold_max to
+        # threshold_min over threshold_horizon model updates g. On the E-loss scale of the
+        # chosen objective (TB: mean squared log-ratio, nats^2). .inf = every step; -.inf for
+        # both = never (E-step only).
+        "threshold_max": Key(threshold_max, ANY_THRESHOLD),
+        "threshold_min": Key(threshold_min, ANY_THRESHOLD),
+        "threshold_horizon": Key(threshold_horizon, COUNT),   # 0 = threshold_min from the start
+        "ema_decay": Key(0.9, UNIT_INTERVAL_OPEN),
+        "mstep_samples": Key(1, AT_LEAST_ONE),    # latents per input in the M-step
+        "mstep_temperature": Key(1.0, POSITIVE),  # policy temperature of fresh M-step draws
+        "mstep_reuse_samples": Key(False, BOOLEAN),   # M-step on the E-step's latents (paper code)
+        "mstep_local_search_rounds": Key(0, COUNT),   # local-search rounds on M-step latents
+                                                      # (paper: 10)
+        "importance_weighted": Key(False, BOOLEAN),   # M-step weights softmax(log p + log P_B
+                                                      # - log q)
+        "sleep_weight": Key(0.0, NON_NEGATIVE),   # sleep phase: weight of -log P_F on dreams
+        "sleep_period": Key(1, AT_LEAST_ONE),     # ... every this many steps
+        "sleep_batch_size": Key(0, COUNT),        # ... this many dreams (0 = train.batch_size)
+        "valid_samples": Key(16, AT_LEAST_ONE),   # M of the importance-sampled bound
+    }
+
+
+def exploration_section() -> dict:
+    """The E-step's sampling keys, in a family's sampler section."""
+    return {
+        "samples_per_input": Key(1, AT_LEAST_ONE),  # N per input (>= 2 for vargrad,
+                                                    # divergences)
+        "temperature": Key(1.0, POSITIVE),        # E-step exploration: tempered behaviour
+                                                  # policy (paper 1.1)
+        "epsilon": Key(0.0, PROBABILITY),         # E-step exploration: epsilon-uniform mixing
+        "local_search_rounds": Key(0, COUNT),     # E-step: also train on local-search samples
+        "local_search_steps": Key(4, AT_LEAST_ONE),   # k backward (and forward) steps a round
+    }
+
+
+def extend(section: dict, after: str, keys: dict) -> dict:
+    """`section` with `keys` inserted right after key `after` (recipes list keys in order)."""
+    if after not in section:
+        raise KeyError(after)
+    out: dict = {}
+    for name, node in section.items():
+        out[name] = node
+        if name == after:
+            out.update(keys)
+    return out
+
+
+def exploration_from_config(section: dict) -> Exploration:
+    return Exploration(temperature=section["temperature"], epsilon=section["epsilon"],
+                       local_search_rounds=section["local_search_rounds"],
+                       local_search_steps=section["local_search_steps"])
+
+
+def objective_from_config(config: dict, learned_backward: bool):
+    """(the objective the `objective` section names, whether it needs per-step flows).
+
+    The divergences keep P_B fixed: they are refused with a learned backward policy."""
+    o = config["objective"]
+    name = objective_name(o["name"])
+    options: dict = {}
+    if name == "subtb":
+        options["lambda"] = o["lambda"]
+    if name in DIVERGENCES:
+        options.update(control_variate=o["control_variate"],
+                       importance_weighting=o["importance_weighting"])
+        if name in ("renyi", "tsallis"):
+            options["alpha"] = o["alpha"]
+        if name == "tsallis":
+            options["max_log_weight"] = o["max_log_weight"]
+        if learned_backward:
+            raise GfnemError(f"objective {name} keeps P_B fixed: it needs a uniform backward "
+                             "policy", hint="set sampler.learn_backward: false")
+    return build_objective(name, **options), name in NEEDS_FLOWS
