@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from grammars.data.treebank import escape_word  # noqa: F401  (the escaping trees are written with)
+
 
 @dataclass
 class BinaryTrees:
@@ -62,8 +64,3 @@ class BinaryTrees:
             n = len(sent)
             out.append(build(0, n) if n > 1 else leaf(0) if n == 1 else "()")
         return out
-
-
-def escape_word(word: str) -> str:
-    """PTB escapes brackets inside leaves; keep every written tree re-readable."""
-    return word.replace("(", "-LRB-").replace(")", "-RRB-")

@@ -19,17 +19,19 @@ from gfnem_cli.engine.runs import (BEST, RESUMABLE_CHANGES, check_checkpoint_con
                                    inspect_run_dir, resolve_device, run_info, write_run_files)
 from gfnem_cli.engine.runs import saved_config as _saved_config
 from gfnem_cli.engine.trainer import Trainer, TrainerOptions
-from grammars.batching import BucketedSchedule, in_order_batches
-from grammars.corpus import load_corpus
+from grammars.charts.backends import get_backend
+from grammars.data.batching import BucketedSchedule, in_order_batches
+from grammars.data.corpus import load_corpus
+from grammars.models import build_grammar
 from grammars.recipe import GRAMMAR_DEFAULTS
-from grammars.vocabulary import Vocabulary
+from grammars.training.em_methods import build_em_method, load_sampler
+from grammars.training.exact_marginal import ExactMarginalMethod
+from grammars.data.vocabulary import Vocabulary
 
 SELECT_METRIC = "val_nll_per_token"     # what best.pt minimizes (the NLL unit: a token)
 
 
 def inside_backend(name: str):
-    from grammars.inside import get_backend
-
     try:
         return get_backend(name)
     except ValueError:
@@ -38,8 +40,6 @@ def inside_backend(name: str):
 
 
 def build_model(config: dict, vocab_size: int):
-    from grammars.models import build_grammar
-
     sizes = {k: v for k, v in config["model"].items() if k != "kind"}
     return build_grammar(config["model"]["kind"], vocab_size, seed=config["train"]["seed"],
                          **sizes)
@@ -73,16 +73,12 @@ def _build_method(config: dict, model, corpus, device, inside):
     valid_batches = in_order_batches(valid, train["eval_batch_size"])
     method = config["method"]
     if method == "marginal":
-        from grammars.exact_em import ExactMarginalMethod
-
         if config["model"]["kind"] == "ncfg":
             raise GfnemError("method 'marginal' needs a context-free grammar; the "
                              "non-context-free grammar has no inside algorithm",
                              hint="use method: gfnem or method: mcem")
         return ExactMarginalMethod(model, inside, valid_batches, device, train["lr"],
                                    train["betas"], train["grad_clip"])
-    from grammars.em_methods import build_em_method
-
     return build_em_method(config, model, valid_batches, device, inside)
 
 
@@ -167,8 +163,6 @@ def load_run(run_dir: Path, device: str = "auto", which: str = BEST,
     state = ckpt.load(path)
     check_checkpoint_config(state, config, run_dir, f"the checkpoint {path.name}")
     dev = resolve_device(device)
-    from grammars.em_methods import load_sampler
-
     try:
         model = build_model(config, len(vocab))
         model.load_state_dict(state["method"]["model"])

@@ -355,10 +355,12 @@ def _serve() -> None:
     torch.set_num_threads(1)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])   # imports torch._dynamo (1.5 s)
     import gfnem_cli.app  # noqa: F401  (everything imported once here, shared by every child)
-    for module in ("datasets", "rich.progress", "grammars.run", "grammars.em_methods",
-                   "grammars.exact_em", "grammars.parsing", "grammars.evaluation",
-                   "grammars.inputs", "grammars.tree_draws", "grammars.synthetic",
-                   "grammars.models", "grammars.gflownet", "grammars.mcem", "grammars.decoding",
+    for module in ("datasets", "rich.progress", "gfnem_cli.families", "grammars.run",
+                   "grammars.training.em_methods", "grammars.training.exact_marginal",
+                   "grammars.inference.parsing", "grammars.inference.run_scores",
+                   "grammars.data.inputs", "grammars.inference.tree_draws",
+                   "grammars.data.synthetic", "grammars.models", "grammars.gflownet",
+                   "grammars.training.mcem", "grammars.charts.viterbi",
                    "pydantic", "typer._adapters", "rich._emoji_codes",
                    "multiprocessing.synchronize"):
         try:            # only to save each child the import; a renamed module costs time

@@ -99,7 +99,7 @@ def test_empty_split_stores_loads_and_is_refused_by_name(runner, cli_app, tmp_pa
     refused(runner, cli_app, tmp_path, "evaluate", "--data", out, "--baseline", "right",
             "--split", "valid", names=out, says=("split 'valid' is empty", "train 36",
                                                  "valid 0", "test 4"))
-    from grammars.corpus import load_corpus
+    from grammars.data.corpus import load_corpus
 
     assert load_corpus(out).sizes == {"train": 36, "valid": 0, "test": 4}
 

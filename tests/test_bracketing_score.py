@@ -12,7 +12,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from grammars import inside
+from grammars.charts import inside
 from grammars.binary_trees import BinaryTrees
 from grammars.models import build_grammar
 from tree_enumeration import all_trees

@@ -122,12 +122,12 @@ def test_prepare_synthetic_with_a_stand_in_sampler(runner, cli_app, tmp_path, mo
         calls.update(num_sentences=num_sentences, seed=seed, max_length=max_length)
         return [f"(S (NP (DT the) (NN w{k % 3})) (VP (VBZ runs)))" for k in range(num_sentences)]
 
-    fake = types.ModuleType("grammars.synthetic")
+    fake = types.ModuleType("grammars.data.synthetic")
     fake.sample_treebank = sample_treebank
     fake.true_grammar_json = lambda: {"rules": ["S -> NP VP"]}
-    monkeypatch.setitem(sys.modules, "grammars.synthetic", fake)
-    import grammars
-    monkeypatch.setattr(grammars, "synthetic", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "grammars.data.synthetic", fake)
+    import grammars.data
+    monkeypatch.setattr(grammars.data, "synthetic", fake, raising=False)
     out = tmp_path / "synth"
     result = invoke(runner, cli_app, "prepare", "synthetic", "--out", out, "--num-sentences", 20,
                     "--seed", 5, "--max-length", 7)

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.corpus import (PrepareOptions, check_output_dir, choose_split, load_corpus,
+from grammars.data.corpus import (PrepareOptions, check_output_dir, choose_split, load_corpus,
                              parse_ratios, prepare_ptb, prepare_text, prepare_trees,
                              ratio_bounds, save_corpus, split_files)
-from grammars.vocabulary import UNK, Vocabulary, normalize_word
+from grammars.data.vocabulary import UNK, Vocabulary, normalize_word
 
 
 def test_normalize_word():

@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 
-from grammars import inside
-from grammars import inside_torch_struct as ts
+from grammars.charts import inside
+from grammars.charts import inside_torch_struct as ts
 from grammars.binary_trees import BinaryTrees
-from grammars.decoding import mbr_decode, viterbi
-from grammars.params import PCFGParams
-from grammars.posterior_sampling import sample_posterior
-from grammars.tree_score import tree_log_prob
+from grammars.charts.mbr import mbr_decode
+from grammars.charts.viterbi import viterbi
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.posterior_sampling import sample_posterior
+from grammars.charts.tree_score import tree_log_prob
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*arg_constraints")
 F64 = torch.float64

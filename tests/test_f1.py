@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
-from grammars.baselines import (baseline_spans, binarize, left_branching, oracle_trees,
+from grammars.evaluation.baselines import (baseline_spans, binarize, left_branching, oracle_trees,
                                 random_trees, right_branching)
-from grammars.f1 import count_sentences, score_spans, scored_spans
+from grammars.evaluation.f1 import count_sentences, score_spans, scored_spans
 
 
 def test_scored_spans_drop_width_one_whole_sentence_and_duplicates():

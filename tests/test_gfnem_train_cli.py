@@ -190,8 +190,9 @@ def test_sampled_decoding_helpers(tmp_path, corpus, runner, cli_app):
     from grammars.binary_trees import BinaryTrees
     from grammars.models.forest_score import forest_structure
     from grammars.run import load_run
-    from grammars.sampled_decoding import (best_of_samples, draw_trees_for_decoding,
-                                           sample_span_marginals, sampler_draws, sampler_mbr)
+    from grammars.inference.sampled_decoding import (best_of_samples, draw_trees_for_decoding,
+                                                     sample_span_marginals, sampler_mbr)
+    from grammars.inference.tree_draws import sampler_draws
 
     spans = torch.tensor([[[0, 2], [0, 3]], [[1, 3], [0, 3]], [[0, 2], [0, 3]]])
     trees = BinaryTrees(spans, torch.zeros(3, 2, dtype=torch.long), torch.tensor([3, 3, 3]))

@@ -14,14 +14,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grammars.batching import in_order_batches
+from grammars.data.batching import in_order_batches
 from grammars.binary_trees import BinaryTrees
 from grammars.gflownet import TreeSampler
-from grammars.importance_bound import (SamplerProposal, UniformTreeProposal,
+from grammars.evaluation.importance_bound import (SamplerProposal, UniformTreeProposal,
                                        importance_log_likelihood,
                                        importance_sampled_likelihood)
-from grammars.inside import log_partition
-from grammars.likelihood import tokens_in
+from grammars.charts.inside import log_partition
+from grammars.evaluation.likelihood import tokens_in
 from grammars.models import build_grammar
 
 SENTENCES = [[1, 2, 3], [4, 0, 5, 2], [3, 3, 1, 0, 2], [5, 4], [2, 1, 4, 4]]

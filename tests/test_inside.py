@@ -1,13 +1,13 @@
-"""The inside chart (`grammars.inside`) against torch-struct's `SentCFG`, autograd, and in
+"""The inside chart (`grammars.charts.inside`) against torch-struct's `SentCFG`, autograd, and in
 float32 on long sentences; plus the reference backend's plumbing."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from grammars import inside
-from grammars import inside_torch_struct as ts
-from grammars.params import PCFGParams
+from grammars.charts import backends, inside
+from grammars.charts import inside_torch_struct as ts
+from grammars.charts.pcfg_params import PCFGParams
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*arg_constraints")
 F64 = torch.float64
@@ -193,10 +193,10 @@ def test_inside_chart_root_cells_give_the_partition():
 
 
 def test_get_backend():
-    assert inside.get_backend("ours").log_partition is inside.log_partition
-    assert inside.get_backend("torch-struct").viterbi is ts.viterbi
+    assert backends.get_backend("ours").log_partition is inside.log_partition
+    assert backends.get_backend("torch-struct").viterbi is ts.viterbi
     with pytest.raises(ValueError, match="torch-struct"):
-        inside.get_backend("fast")
+        backends.get_backend("fast")
 
 
 def test_bad_lengths_are_refused():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from grammars.binary_trees import BinaryTrees
-from grammars.mcem import ChainStore, MCEMDraws, mh_chain, propose, right_branching
+from grammars.training.mcem import ChainStore, MCEMDraws, mh_chain, propose, right_branching_trees
 from grammars.models import build_grammar
 from grammars.models.forest_score import forest_structure
 from tree_enumeration import all_trees
@@ -46,7 +46,7 @@ def enumerated(kind: str, seed: int = 1):
 def test_proposals_stay_valid_trees_and_change_one_node_at_most():
     torch.manual_seed(0)
     lengths = torch.tensor([2, 3, 5, 8, 8, 1])
-    trees = right_branching(lengths, 3)
+    trees = right_branching_trees(lengths, 3)
     for _ in range(200):
         new, _, changed = propose(trees, 3, 0.5)
         forest_structure(new)  # raises on anything that is not a valid binary tree
@@ -98,7 +98,7 @@ def test_chains_reach_the_exact_posterior(kind):
     chains = 1000
     lengths = torch.full((chains,), N_WORDS)
     ids = torch.tensor([[1, 2, 3, 4]]).expand(chains, -1)
-    trees, current, stats = mh_chain(score, ids, lengths, right_branching(lengths, NT), 150, NT)
+    trees, current, stats = mh_chain(score, ids, lengths, right_branching_trees(lengths, NT), 150, NT)
     counts = torch.zeros(len(codes), dtype=torch.float64)
     lookup = {int(c): i for i, c in enumerate(codes)}
     for _ in range(25):
@@ -144,12 +144,12 @@ def test_chain_store_round_trip_and_exact_continuation():
 
 @pytest.mark.parametrize("kind", ["npcfg", "ncfg"])
 def test_frozen_tables_score_identically_and_restore_the_model(kind):
-    from grammars.mcem import frozen_tables
+    from grammars.training.mcem import frozen_tables
 
     model = build_grammar(kind, 6, seed=0, nonterminals=3, preterminals=2, symbol_dim=8)
     lengths = torch.tensor([5, 3, 2])
     ids = torch.randint(6, (3, 5))
-    trees = right_branching(lengths, 3)
+    trees = right_branching_trees(lengths, 3)
     with torch.no_grad():
         before = model.log_joint(ids, lengths, trees)
         with frozen_tables(model):

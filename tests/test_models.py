@@ -16,7 +16,7 @@ import torch
 from gfnem_cli.engine.errors import GfnemError
 from grammars.binary_trees import BinaryTrees
 from grammars.models import CompoundPCFG, NeuralNCFG, NeuralPCFG, build_grammar
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import PCFGParams
 
 NT, T, V = 2, 3, 3
 F64 = torch.float64
@@ -190,7 +190,7 @@ def test_npcfg_scores_match_slow_reference(npcfg):
     args = (id_batch(sents, pad=-1), torch.tensor(lengths), batch(trees, lengths))
     with torch.no_grad():
         torch.testing.assert_close(npcfg.partial_log_joint(*args), want, rtol=0, atol=1e-9)
-        pytest.importorskip("grammars.tree_score")
+        pytest.importorskip("grammars.charts.tree_score")
         torch.testing.assert_close(npcfg.log_joint(*args), want, rtol=0, atol=1e-9)
 
 
@@ -220,7 +220,7 @@ def test_npcfg_partial_forest_counts_every_node_but_no_root_prior(npcfg):
 
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_npcfg_log_marginal_is_log_sum_over_trees(npcfg, n):
-    inside = pytest.importorskip("grammars.inside")
+    inside = pytest.importorskip("grammars.charts.inside")
     rng = random.Random(n)
     sents = [[rng.randrange(V) for _ in range(n)] for _ in range(3)]
     trees = all_trees(n)
@@ -285,7 +285,7 @@ def test_cpcfg_elbo_and_kl(cpcfg):
     assert cpcfg.marginal == "bound"
     # training: one reparameterized sample, reproducible, gradients reach encoder and grammar
     cpcfg.train()
-    inside = pytest.importorskip("grammars.inside")
+    inside = pytest.importorskip("grammars.charts.inside")
     a, _ = cpcfg.elbo(ids, lengths, inside, generator=torch.Generator().manual_seed(1))
     b, _ = cpcfg.elbo(ids, lengths, inside, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
@@ -311,7 +311,7 @@ def test_cpcfg_tree_scores_given_z(cpcfg):
                              for b, (s, t) in enumerate(zip(sents, trees))], dtype=F64)
         args = (ids, torch.tensor(lengths), batch(trees, lengths))
         torch.testing.assert_close(cpcfg.partial_log_joint(*args, z=z), want, rtol=0, atol=1e-9)
-        pytest.importorskip("grammars.tree_score")
+        pytest.importorskip("grammars.charts.tree_score")
         torch.testing.assert_close(cpcfg.log_joint(*args, z=z), want, rtol=0, atol=1e-9)
 
 

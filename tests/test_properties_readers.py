@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from gfnem_cli.engine.errors import GfnemError
 from grammars.binary_trees import escape_word
-from grammars.corpus import PrepareOptions, load_corpus, prepare_text, prepare_trees, save_corpus
-from grammars.treebank import Tree, clean_tree, decode_bytes, parse_bracketed, read_predicted_spans
+from grammars.data.corpus import PrepareOptions, load_corpus, prepare_text, prepare_trees, save_corpus
+from grammars.data.treebank import Tree, clean_tree, decode_bytes, parse_bracketed, read_predicted_spans
 
 SETTINGS = dict(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

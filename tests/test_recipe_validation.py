@@ -208,8 +208,9 @@ def test_objective_spellings_are_folded_as_the_consumer_reads_them():
 def test_choices_match_what_the_consumers_accept():
     from gfnem_cli.engine.objectives import OBJECTIVES
     from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
-    from grammars import em_methods, recipe
-    from grammars.inside import get_backend
+    from grammars import recipe
+    from grammars.training import em_methods
+    from grammars.charts.backends import get_backend
     from grammars.models import KINDS
 
     assert set(recipe.OBJECTIVES) == set(OBJECTIVES)

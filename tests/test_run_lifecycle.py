@@ -202,8 +202,7 @@ def test_the_printed_resume_hint_keeps_the_overrides(tmp_path, corpus):
 def test_a_run_ending_in_non_finite_steps_checkpoints_and_says_so(tmp_path, monkeypatch,
                                                                   corpus, runner, cli_app):
     from gfnem_cli.engine.trainer import NonFiniteLoss
-    from grammars import exact_em
-
+    from grammars.training import exact_marginal as exact_em
     original = exact_em.ExactMarginalMethod.train_step
     calls = {"n": 0}
 

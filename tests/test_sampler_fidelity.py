@@ -7,7 +7,7 @@ P_B is trained on-policy by trajectory balance (`build_objective("tb")`), reward
 marginals P_F([i, j) is a constituent | x) are computed **exactly**, by enumerating every
 trajectory (merge positions × labels) and summing exp(log P_F) over those whose tree holds
 [i, j) -- no sampling noise -- and compared with the inside-outside marginals
-`grammars.inside.span_marginals(model.params(ids, lengths))`.
+`grammars.charts.inside.span_marginals(model.params(ids, lengths))`.
 
 Only the informative spans are scored (2 ≤ width < n: width-1 and whole-sentence spans are
 constituents of every tree). The same check on the untrained sampler must fail, so the test
@@ -27,7 +27,7 @@ import torch
 from gfnem_cli.engine.objectives import build_objective
 from grammars.binary_trees import BinaryTrees
 from grammars.gflownet import TreeSampler
-from grammars.inside import span_marginals
+from grammars.charts.inside import span_marginals
 from grammars.models import build_grammar
 from test_tree_gflownet import all_trajectories     # every (merge positions, labels) sequence
 

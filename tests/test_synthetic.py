@@ -9,10 +9,31 @@ import pytest
 import torch
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.params import PCFGParams
-from grammars.synthetic import (WORD_TAGS, TrueGrammar, cky_log_likelihood, default_grammar,
-                                sample_treebank, tree_words, true_grammar_json,
-                                true_log_likelihood)
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.reference_cky import cky_log_likelihood
+from grammars.data.synthetic import default_grammar, sample_treebank, true_grammar_json
+from grammars.data.treebank import WORD_TAGS, tree_words_spans
+from grammars.data.true_grammar import TrueGrammar, true_log_likelihood
+
+
+# --- test-only oracles (moved here from the grammar module) --------------------------------
+
+def tree_words(tree: str) -> list[str]:
+    """The words (leaves) of a bracketed tree, in order, by the treebank's reader."""
+    return tree_words_spans(tree)[0]
+
+
+def expected_length(g: TrueGrammar) -> float:
+    """Expected sentence length without a cap (inf if the grammar is not proper): the mean
+    yield solves e = leaves + M e over the nonterminals' expected child counts M."""
+    nt = g.num_nonterminals
+    counts = g.rule_probs.sum(dim=2) + g.rule_probs.sum(dim=1)   # (NT, S)
+    m = counts[:, :nt]
+    leaves = counts[:, nt:].sum(dim=1)
+    if torch.linalg.eigvals(m).abs().max().item() >= 1.0:
+        return math.inf
+    e = torch.linalg.solve(torch.eye(nt, dtype=torch.float64) - m, leaves)
+    return (g.root_probs @ e).item()
 
 
 # --- independent helpers: a tree reader and a scorer straight from the JSON dict ----------
@@ -251,9 +272,9 @@ def test_length_distribution_and_cap_probability():
     assert g.log_prob_length_at_most(20) == pytest.approx(math.log(dist[:21].sum().item()))
     assert g.log_prob_length_at_most(10) < g.log_prob_length_at_most(20) < 0
     assert dist.sum().item() > 0.999                # proper: the mass sits on finite trees
-    assert 5 < g.expected_length() < 15
+    assert 5 < expected_length(g) < 15
     assert (dist[:201] * torch.arange(201)).sum().item() == pytest.approx(
-        g.expected_length(), rel=0.02)
+        expected_length(g), rel=0.02)
     with pytest.raises(GfnemError):
         sample_treebank(5, seed=0, max_length=1)
 

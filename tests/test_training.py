@@ -110,7 +110,7 @@ def test_trained_run_parses_samples_and_evaluates(corpus, tmp_path):
     result = runner.invoke(app, ["evaluate", str(run), "--data", str(corpus), "--max-length",
                                  "6", "--json", str(short)])
     assert result.exit_code == 0, result.output
-    from grammars.corpus import load_corpus
+    from grammars.data.corpus import load_corpus
 
     lengths = [len(w) for w in load_corpus(corpus).column("test", "words")]
     short_figures = json.loads(short.read_text())

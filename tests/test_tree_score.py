@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from grammars import inside
+from grammars.charts import inside
 from grammars.binary_trees import BinaryTrees
-from grammars.params import PCFGParams
-from grammars.tree_score import tree_log_prob
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.tree_score import tree_log_prob
 
 F64 = torch.float64
 

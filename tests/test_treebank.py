@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.treebank import (base_label, clean_tree, collect_files, parse_bracketed,
+from grammars.data.treebank import (base_label, clean_tree, collect_files, parse_bracketed,
                                read_predicted_spans, read_text, tree_words_spans, wsj_section)
 
 

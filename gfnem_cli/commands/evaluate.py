@@ -1,6 +1,6 @@
 """`gfnem evaluate`: unlabeled F1 of baseline trees or a file of parses against a corpus split.
 
-The flow is gold → predictions → `grammars.f1.score_spans` → render. Predictions are plain
+The flow is gold → predictions → `grammars.evaluation.f1.score_spans` → render. Predictions are plain
 span lists, so a trained model plugs in as one more source in `predictions` (its decoded
 `BinaryTrees.span_lists()`), with no change to scoring or rendering.
 """
@@ -25,12 +25,12 @@ def predictions(corpus, split: str, gold: list, words: list, baseline: Optional[
         raise GfnemError("give exactly one of --baseline or --pred")
     lengths = [len(w) for w in words]
     if baseline is not None:
-        from grammars.baselines import baseline_spans
+        from grammars.evaluation.baselines import baseline_spans
 
         spans = baseline_spans(baseline, lengths, gold, seed)
         return spans, {"decoding": f"baseline:{baseline}", "baseline": baseline,
                        "seed": seed if baseline == "random" else None}
-    from grammars.treebank import read_predicted_spans
+    from grammars.data.treebank import read_predicted_spans
 
     spans = read_predicted_spans(pred, words, corpus.column(split, "tokens"), split,
                                  corpus.column(split, "source"), on_warning=warn)
@@ -101,8 +101,8 @@ def evaluate(
     """
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
-    from grammars.corpus import load_corpus
-    from grammars.f1 import score_spans
+    from grammars.data.corpus import load_corpus
+    from grammars.evaluation.f1 import score_spans
 
     # every check before the corpus is read or a sentence decoded: a refusal changes nothing
     if baseline is not None and baseline not in ("right", "left", "random", "oracle"):
@@ -117,7 +117,7 @@ def evaluate(
     at_least("--batch-size", batch_size, 1)
     checkpoint_name(checkpoint)
     if run is not None:
-        from grammars.parsing import DECODERS
+        from grammars.inference.parsing import DECODERS
 
         if decode not in DECODERS:
             raise GfnemError(f"unknown --decode '{decode}'", hint="use " + ", ".join(DECODERS))
@@ -155,15 +155,17 @@ def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_si
     from rich.progress import Progress
 
     from gfnem_cli.engine.errors import GfnemError
-    from grammars.evaluation import run_likelihood, run_predictions, true_grammar_likelihood
-    from grammars.inputs import corpus_parse_input
-    from grammars.parsing import resolve_decode
-    from grammars.run import load_run
+    from grammars.evaluation.likelihood import true_grammar_likelihood
+    from grammars.inference.run_scores import run_likelihood, run_predictions
+    from grammars.models.capabilities import has_sampler
+    from grammars.data.inputs import corpus_parse_input
+    from grammars.inference.parsing import resolve_decode
+    from gfnem_cli import families
 
-    trained = load_run(run, device, checkpoint)
+    trained = families.for_run(run).load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
     data = corpus_parse_input(corpus, run, trained.vocab, split, on_warning=warn)
-    if samples > 0 and getattr(trained, "sampler", None) is None:
+    if samples > 0 and not has_sampler(trained):
         raise GfnemError("--samples needs a run trained with a GFlowNet sampler", run)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("parsing", total=len(data.ids))

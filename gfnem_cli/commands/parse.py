@@ -38,11 +38,11 @@ def parse(
     """
     from rich.progress import Progress
 
+    from gfnem_cli import families
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
-    from grammars.inputs import read_parse_input
-    from grammars.parsing import DECODERS, parse_sentences, resolve_decode
-    from grammars.run import load_run
+    from grammars.data.inputs import read_parse_input
+    from grammars.inference.parsing import DECODERS, parse_sentences, resolve_decode
 
     # every check before the model is loaded or a sentence decoded
     if decode not in DECODERS:
@@ -51,7 +51,7 @@ def parse(
     at_least("--samples", samples, 1)
     checkpoint_name(checkpoint)
     check_output_file(out)
-    trained = load_run(run, device, checkpoint)
+    trained = families.for_run(run).load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
     data = read_parse_input(input, run, trained.vocab, split, on_warning=warn)
     if not data.words:

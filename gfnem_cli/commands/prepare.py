@@ -1,7 +1,7 @@
 """`gfnem prepare ptb|text|synthetic`: turn trees or raw text into a saved corpus.
 
 Options and rendering only; reading, cleaning, splitting and encoding live in
-`grammars.corpus`. Heavy imports (datasets) happen inside the commands.
+`grammars.data.corpus`. Heavy imports (datasets) happen inside the commands.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ VOCAB_FROM = typer.Option(None, "--vocab-from", help="Reuse the vocabulary of a 
 
 
 def _options(lowercase: bool, replace_digits: bool, vocab_size: int, max_train_len: int):
-    from grammars.corpus import PrepareOptions
+    from grammars.data.corpus import PrepareOptions
 
     at_least("--vocab-size", vocab_size, 0, "0 keeps every token")
     at_least("--max-train-len", max_train_len, 0, "0 means no cap")
@@ -45,7 +45,7 @@ def _options(lowercase: bool, replace_digits: bool, vocab_size: int, max_train_l
 def _load_vocab(vocab_from: Optional[Path]):
     if vocab_from is None:
         return None
-    from grammars.vocabulary import Vocabulary
+    from grammars.data.vocabulary import Vocabulary
 
     return Vocabulary.load(vocab_from)
 
@@ -55,7 +55,7 @@ def _finish(corpus, out: Path, extra_files: dict | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from grammars.corpus import save_corpus
+    from grammars.data.corpus import save_corpus
 
     save_corpus(corpus, out, extra_files)
     for note in corpus.notes:
@@ -112,7 +112,7 @@ def ptb(
     from the gold trees (function tags and unary chains do not change spans). Sentences with
     no word left are dropped and counted.
     """
-    from grammars.corpus import check_output_dir, parse_ratios, prepare_ptb
+    from grammars.data.corpus import check_output_dir, parse_ratios, prepare_ptb
 
     options = _options(lowercase, replace_digits, vocab_size, max_train_len)
     parsed_ratios = parse_ratios(ratios)
@@ -139,7 +139,7 @@ def text(
     Without --vocab-from the vocabulary is built from the file itself.
     """
     from gfnem_cli.engine.errors import GfnemError
-    from grammars.corpus import check_output_dir, prepare_text
+    from grammars.data.corpus import check_output_dir, prepare_text
 
     options = _options(lowercase, replace_digits, vocab_size, 0)
     if file.is_dir():
@@ -172,8 +172,8 @@ def synthetic(
     Words are kept as sampled (no lowercasing, no digit replacement, every training word in
     the vocabulary) so the corpus matches the true grammar, written to `grammar.json`.
     """
-    from grammars import synthetic as sampler
-    from grammars.corpus import PrepareOptions, check_output_dir, parse_ratios, prepare_trees
+    from grammars.data import synthetic as sampler
+    from grammars.data.corpus import PrepareOptions, check_output_dir, parse_ratios, prepare_trees
 
     at_least("--num-sentences", num_sentences, 1)
     at_least("--max-length", max_length, 2, "a grammar in normal form needs two words")

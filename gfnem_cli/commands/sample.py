@@ -1,7 +1,6 @@
 """`gfnem sample RUN`: sentences with trees from the grammar, or trees for given sentences."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -12,29 +11,29 @@ from gfnem_cli.console import console, friendly_errors, warn
 
 
 def rich_tree(bracketed: str):
-    """A rich Tree view of one bracketed string, for reading parses in the terminal."""
+    """A rich Tree view of one bracketed string, for reading parses in the terminal; the string
+    is read by the treebank's reader (`grammars.data.treebank.parse_bracketed`)."""
     from rich.markup import escape
     from rich.tree import Tree
 
-    tokens = re.findall(r"\(|\)|[^\s()]+", bracketed)
-    pos = 0
+    from grammars.data.treebank import parse_bracketed
 
-    def node():
-        nonlocal pos
-        pos += 1  # "("
-        label = tokens[pos]
-        pos += 1
-        if tokens[pos] not in "()":  # a leaf: (TAG word)
-            word = tokens[pos]
-            pos += 2
-            return Tree(f"[dim]{escape(label)}[/] [bold]{escape(word)}[/]")
-        tree = Tree(f"[cyan]{escape(label)}[/]")
-        while tokens[pos] == "(":
-            tree.add(node())
-        pos += 1
-        return tree
+    (root,), _ = parse_bracketed(bracketed)
 
-    return node()
+    def view(node):
+        if node.word is not None:              # a leaf: (TAG word)
+            return Tree(f"[dim]{escape(node.label)}[/] [bold]{escape(node.word)}[/]")
+        return Tree(f"[cyan]{escape(node.label)}[/]")
+
+    top = view(root.tree)
+    stack = [(root.tree, top)]                 # iterative: trees may nest deeply
+    while stack:
+        node, shown = stack.pop()
+        for child in node.children:
+            branch = view(child)
+            shown.add(branch)
+            stack.append((child, branch))
+    return top
 
 
 @friendly_errors
@@ -65,11 +64,11 @@ def sample(
     from rich.markup import escape
 
     from gfnem_cli.engine.errors import GfnemError
-    from grammars.batching import make_batch
-    from grammars.inputs import run_prepare_options
-    from grammars.run import load_run
-    from grammars.tree_draws import draw_trees
-    from grammars.vocabulary import normalize_word
+    from grammars.data.batching import make_batch
+    from grammars.data.inputs import run_prepare_options
+    from gfnem_cli import families
+    from grammars.inference.tree_draws import draw_trees
+    from grammars.data.vocabulary import normalize_word
 
     at_least("-n", n, 1)
     at_least("--max-length", max_length, 2, "a grammar in normal form needs two words")
@@ -84,7 +83,7 @@ def sample(
         raise GfnemError(f"--sentence has {count} word{'' if count == 1 else 's'}; a grammar "
                          "in normal form needs two or more")
     texts = None if input is None else _input_sentences(input)
-    trained = load_run(run, device, checkpoint)
+    trained = families.for_run(run).load_run(run, device, checkpoint)
     torch.manual_seed(seed)
 
     def show(bracketed: str, caption: str) -> None:
@@ -120,7 +119,7 @@ def _input_sentences(path: Path) -> list[list[str]]:
     """The sentences of an --input file (read as `prepare text` reads), 1-word ones skipped
     with a warning; a file with nothing to draw trees for is an error, not a silent exit."""
     from gfnem_cli.engine.errors import GfnemError
-    from grammars.treebank import read_text, split_lines
+    from grammars.data.treebank import read_text, split_lines
 
     sentences = [line.split() for line in split_lines(read_text(path, warn))
                  if line.split() and not line.split()[0].startswith("#")]

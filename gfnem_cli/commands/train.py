@@ -33,13 +33,14 @@ def train(
     import shlex
     import sys
 
+    from gfnem_cli import families
     from gfnem_cli.engine.trainer import TrainingInterrupted
-    from grammars.run import train_run
 
     command = ["gfnem", "train", str(recipe), "--out", str(out)]
     for override in overrides or []:
         command += ["--set", override]
     try:
+        train_run = families.for_recipe(recipe, overrides or []).train_run
         report = train_run(recipe, out, overrides or [], resume=resume, device=device,
                            show_progress=not quiet, command=["gfnem", *sys.argv[1:]])
     except TrainingInterrupted as stop:

@@ -116,15 +116,6 @@ def _merge(schema: Schema, config: dict, updates: dict[str, Any], source,
     return merged
 
 
-def merge_into(defaults: dict, updates: dict[str, Any], source: str,
-               lines: dict[str, int] | None = None) -> dict:
-    """Apply flat `path: value` updates onto a copy of `defaults`, checking each against its
-    range (no cross-key checks: a later `--set` may still fix those; see validate_config)."""
-    schema = _schema(defaults)
-    return _merge(schema, defaults if isinstance(defaults, dict) else schema.defaults,
-                  updates, source, lines)
-
-
 def _cross_check(schema: Schema, config: dict, origins: dict) -> None:
     for problem in (schema.conflicts(config) if schema.conflicts else ()):
         given = [origins[k] for k in problem.keys if k in origins]

@@ -11,6 +11,13 @@ padding past lengths (B,); trees a `BinaryTrees`; log-probabilities throughout):
 and class attributes `kind`, `parent_conditioned` (ncfg), `compound` (cpcfg) and
 `marginal` ("exact" | "bound" | None). The context-free models add `params(ids, lengths)`
 -> PCFGParams for the inside algorithm; the compound PCFG adds `elbo`.
+
+    npcfg.py, cpcfg.py, ncfg.py  the three grammars; layers.py their residual MLPs
+    forest_score.py     log p(x, z) of (partial) forests node by node (ForestStructure)
+    bracketing_score.py log p(x, s) of a bracketing, labels summed out by a DP over the tree
+    shared_scores.py    the scoring mixin of the grammars with one shared grammar
+    generation.py       top-down ancestral sampling of (x, z) from any grammar
+    capabilities.py     has_dynamic_program(model), has_sampler(run): asked only there
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ size 1, i.e. the inside algorithm restricted to the spans of s.
 Nodes of one width are processed together (children are narrower), two batched GEMMs per
 width: the rule table in the linear domain against the right child's ν, then against the
 left child's ν; one host sync per call (how many nodes each width has). Messages are max-shifted per node and context, so nothing underflows but terms
-more than ~87 nats (float32) below a node's best, as in `grammars.inside`.
+more than ~87 nats (float32) below a node's best, as in `grammars.charts.inside`.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Choice at evaluation (model.eval()): z = the posterior mean, as the paper parses
 then reported with its reconstruction term evaluated at the mean: deterministic, and a point
 approximation of the expected term; pass `use_mean=False` (with a generator) for the unbiased
 single-sample estimate of the true ELBO. Either way it is labelled a bound (`marginal =
-"bound"`; `grammars.likelihood` reads `elbo`). `log_joint`/`partial_log_joint` score trees
+"bound"`; `grammars.evaluation.likelihood` reads `elbo`). `log_joint`/`partial_log_joint` score trees
 given z (default: posterior mean), i.e. log p_θ(x, tree | z).
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from grammars.models.forest_score import forest_log_prob, forest_node_terms, for
 from grammars.models.generation import SamplingTables, sample
 from grammars.models.layers import (ResidualMLP, init_parameters, masked_ids, private_rng,
                                      seeded_generator)
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.tree_score import tree_log_prob
 
 
 class InferenceNetwork(nn.Module):
@@ -138,7 +139,6 @@ class CompoundPCFG(nn.Module):
     def log_joint(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
                   z: torch.Tensor | None = None) -> torch.Tensor:
         """log p_θ(x, tree | z), preterminals summed out; z defaults to the posterior mean."""
-        from grammars.tree_score import tree_log_prob
         return tree_log_prob(self.params(ids, lengths, z), trees)
 
     def partial_log_joint(self, ids: torch.Tensor, lengths: torch.Tensor,

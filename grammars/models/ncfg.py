@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from grammars.binary_trees import BinaryTrees
-from grammars.models.forest_score import SharedGrammarForestScores
+from grammars.models.shared_scores import SharedGrammarForestScores
 from grammars.models.generation import SamplingTables, sample
 from grammars.models.layers import ResidualMLP, init_parameters, private_rng, seeded_generator
 

@@ -18,7 +18,7 @@ The interface shared by the three grammar models (npcfg, cpcfg, ncfg):
   sampling_tables(count, generator)     -> SamplingTables      (top-down generation)
   sample(num, max_length, generator)    -> (ids lists, BinaryTrees, preterminals)
 `ids` (B, n) long, any padding value past `lengths` (B,). `backend` is an inside module
-exposing `log_partition(params)` (ours, `grammars.inside`, or a torch-struct wrapper).
+exposing `log_partition(params)` (ours, `grammars.charts.inside`, or a torch-struct wrapper).
 """
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from grammars.binary_trees import BinaryTrees
-from grammars.models.forest_score import SharedGrammarForestScores
+from grammars.models.shared_scores import SharedGrammarForestScores
 from grammars.models.generation import SamplingTables, sample
 from grammars.models.layers import (ResidualMLP, init_parameters, masked_ids, private_rng,
                                      seeded_generator)
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.tree_score import tree_log_prob
 
 
 class NeuralPCFG(SharedGrammarForestScores, nn.Module):
@@ -79,8 +80,7 @@ class NeuralPCFG(SharedGrammarForestScores, nn.Module):
     # --- scores of latent trees -----------------------------------------------------------
     def log_joint(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees
                   ) -> torch.Tensor:
-        """log p_θ(x, z) per sentence, preterminals summed out (`grammars.tree_score`)."""
-        from grammars.tree_score import tree_log_prob
+        """log p_θ(x, z) per sentence, preterminals summed out (`grammars.charts.tree_score`)."""
         return tree_log_prob(self.params(ids, lengths), trees)
 
     def log_marginal(self, ids: torch.Tensor, lengths: torch.Tensor, backend) -> torch.Tensor:

@@ -66,7 +66,7 @@ def make_logits(B, n, NT, T, V=10_000, seed=0):
 def build_params(logits, n, NT, T):
     """The neural PCFG's layout: one grammar expanded over the batch, emissions gathered."""
     import torch
-    from grammars.params import PCFGParams
+    from grammars.charts.pcfg_params import PCFGParams
     rule_logits, emit_logits, root_logits, ids = logits
     B, S = ids.shape[0], NT + T
     rules = rule_logits.log_softmax(-1).view(NT, S, S).expand(B, NT, S, S)
@@ -99,7 +99,7 @@ def _timed(fn) -> float:
 
 
 def our_flops(B, n, NT, T) -> tuple[float, float]:
-    """(forward, backward) GEMM/bmm FLOPs of `grammars.inside` at these sizes."""
+    """(forward, backward) GEMM/bmm FLOPs of `grammars.charts.inside` at these sizes."""
     fwd = 2 * B * n * T * (2 * NT * NT + NT * T)                  # leaf tables U, V, W
     fwd += 2 * B * (n - 1) * NT * T                                # width 2: T·T
     bwd = 2 * fwd                                                  # leaf grads: d et, d rules
@@ -119,7 +119,7 @@ def worker(args) -> dict:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
-    from grammars import inside
+    from grammars.charts import inside
     n, NT, T, B = args.length, args.nonterminals, args.preterminals, args.batch
     out = {"length": n, "threads": torch.get_num_threads(), "mode": args.worker}
     logits = make_logits(B, n, NT, T)
@@ -135,7 +135,7 @@ def worker(args) -> dict:
     fwd, bwd = our_flops(B, n, NT, T)
     out["ours_gflop"] = (fwd + bwd) / 1e9
     if args.worker == "time" and not args.skip_torch_struct:
-        from grammars import inside_torch_struct
+        from grammars.charts import inside_torch_struct
         import warnings
         warnings.filterwarnings("ignore", message=".*arg_constraints.*")
         out["ts_rss_before_mib"] = max_rss_mib()

@@ -23,8 +23,8 @@ PTB = REPO.parent / "shared" / "data" / "ptb-sample"
 
 
 def throughput(backend_name: str, batches, vocab_size: int) -> tuple[float, float]:
-    from grammars.exact_em import make_adam
-    from grammars.inside import get_backend
+    from grammars.training.exact_marginal import make_adam
+    from grammars.charts.backends import get_backend
     from grammars.models import build_grammar
 
     model = build_grammar("npcfg", vocab_size, seed=0)
@@ -56,8 +56,8 @@ def main() -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from grammars.batching import BucketedSchedule
-    from grammars.corpus import PrepareOptions, load_corpus, prepare_ptb, save_corpus
+    from grammars.data.batching import BucketedSchedule
+    from grammars.data.corpus import PrepareOptions, load_corpus, prepare_ptb, save_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = prepare_ptb([PTB], PrepareOptions(), split="ratio", ratios=(0.8, 0.1, 0.1))

@@ -38,8 +38,8 @@ import time
 
 import torch
 
-from grammars.batching import make_batch
-from grammars.em_methods import build_em_method
+from grammars.data.batching import make_batch
+from grammars.training.em_methods import build_em_method
 from grammars.gflownet import TreeSampler
 from grammars.recipe import GRAMMAR_DEFAULTS
 from grammars.run import build_model, inside_backend

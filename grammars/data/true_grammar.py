@@ -1,169 +1,35 @@
-"""The embedded default corpus: sentences drawn from a known, hand-written English-like PCFG.
+"""A known CNF PCFG, held in float64: it samples gold trees, scores them, and gives the
+`PCFGParams` of a corpus's sentences, so its NLL is the floor a learner is measured against.
 
-Why a known grammar: a learner's NLL can then be compared with the true grammar's NLL (the
-floor any learner can reach), and its parses with gold trees that really generated the data.
-
-The grammar is in Chomsky normal form with nonterminals and preterminals disjoint, the same
-model class as a neural PCFG (binary rules A -> B C over nonterminal-or-preterminal children,
-a root distribution over nonterminals, emissions preterminal -> word), so its likelihood is
-computable by the inside algorithm and reachable in principle. It has no unary rules, so every
-sentence has >= 2 words. Preterminals are PTB word tags and nonterminals PTB-like phrase
-labels (plus binarization symbols such as NP-BAR), so the bracketed trees pass the PTB
-preprocessing (keep leaves under the 36 word tags, lowercase, digit runs -> N) unchanged.
-Recursion (PPs inside NPs inside PPs, relative clauses, complement clauses, coordination) has
-moderate probabilities: the branching process is subcritical, the expected length finite.
-
-Length cap. `sample_treebank(n, seed, max_length)` redraws every sentence longer than
+Length cap. `TrueGrammar.sample(n, seed, max_length)` redraws every sentence longer than
 max_length, so the corpus is the grammar *conditioned* on length <= max_length:
-q(x) = p(x) / P(len <= max_length). `TrueGrammar.log_prob_length_at_most(max_length)` gives
-the exact log P(len <= max_length) (a dynamic program over yield lengths), so the floor on
-such a corpus is -log q(x) = -log p(x) + log P(len <= cap): lower than the unconditioned
-grammar's NLL by |log P(len <= cap)| nats per sentence, i.e. per token by
-|log P(len <= cap)| * num_sentences / num_tokens. In code:
+q(x) = p(x) / P(len <= max_length). `log_prob_length_at_most(max_length)` gives the exact
+log P(len <= max_length) (a dynamic program over yield lengths), so the floor on such a corpus
+is -log q(x) = -log p(x) + log P(len <= cap). In code:
     true_log_likelihood(g, ids, lengths) - g.log_prob_length_at_most(cap)
-A PCFG cannot always represent q exactly, so -log p(x) is the floor a PCFG learner is measured
-against; the conditioned value is the entropy bound of the data itself. Evaluation splits
-drawn without a cap (or a very loose one) have q = p.
 
 Vocabulary. `TrueGrammar.from_json(d, itos)` maps the grammar's words onto a prepared
 corpus's vocabulary (`itos[0] == "<unk>"`). A grammar word absent from itos maps to `<unk>`,
 whose emission probability under tag t is then the sum of p(w | t) over the missing words:
 exactly the probability of the event the corpus records as `<unk>`. Vocabulary entries the
-grammar never emits get probability 0 (log-prob -inf). The grammar's words are already in
-the corpus's normal form (lowercase, no digits), so they are matched verbatim.
+grammar never emits get probability 0 (log-prob -inf).
 """
 from __future__ import annotations
 
 import bisect
 import math
 import random
-from functools import lru_cache
 
 import torch
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.reference_cky import cky_log_likelihood
+from grammars.data.treebank import WORD_TAGS, parse_bracketed
 
 VERSION = 1
 UNK = "<unk>"
 
-# The 36 PTB part-of-speech tags of words (punctuation, -NONE-, $ and # are not among them).
-WORD_TAGS = frozenset(
-    "CC CD DT EX FW IN JJ JJR JJS LS MD NN NNS NNP NNPS PDT POS PRP PRP$ RB RBR RBS RP SYM "
-    "TO UH VB VBD VBG VBN VBP VBZ WDT WP WP$ WRB".split())
-
-# ----------------------------------------------------------------------------------------
-# The hand-written grammar. Single-word phrases are collapsed into their parents (CNF has no
-# unary rules): a pronoun subject is S -> PRP VP, an intransitive clause S -> NP VBD, and so on.
-# Past tense (VBD) and modal + base form (MD VB) keep English free of agreement errors without
-# splitting NP into singular/plural symbols.
-
-_ROOTS = {"S": 0.92, "NP": 0.04, "VP-BASE": 0.04}    # VP-BASE at the root: imperatives
-
-_RULES: dict[str, list[tuple[str, str, float]]] = {
-    "S": [                       # a clause
-        ("NP", "VP", 0.50), ("PRP", "VP", 0.14), ("NNP", "VP", 0.08), ("NNS", "VP", 0.04),
-        ("NP", "VBD", 0.04), ("PRP", "VBD", 0.02), ("NNP", "VBD", 0.02), ("NNS", "VBD", 0.01),
-        ("PP", "S", 0.05),       # fronted PP: "in the park the dog slept"
-        ("RB", "S", 0.04),       # fronted adverb: "yesterday he slept"
-        ("S", "S-CC", 0.06),     # clause coordination
-    ],
-    "S-CC": [("CC", "S", 1.0)],
-    "NP": [                      # a noun phrase of >= 2 words
-        ("DT", "NN", 0.28), ("DT", "NNS", 0.08), ("DT", "NP-BAR", 0.12), ("PRP$", "NN", 0.06),
-        ("PRP$", "NNS", 0.04), ("PRP$", "NP-BAR", 0.02), ("CD", "NNS", 0.03),
-        ("JJ", "NNS", 0.03), ("NNP", "NNP", 0.02),
-        ("NP", "PP", 0.20),      # PP attachment to a noun
-        ("NP", "SBAR-REL", 0.08),  # relative clause
-        ("NP", "NP-CC", 0.04),   # noun phrase coordination
-    ],
-    "NP-BAR": [("JJ", "NN", 0.60), ("JJ", "NNS", 0.20), ("JJ", "NP-BAR", 0.10),
-               ("ADJP", "NN", 0.10)],
-    "NP-CC": [("CC", "NP", 0.65), ("CC", "NNP", 0.20), ("CC", "NNS", 0.15)],
-    "ADJP": [("RB", "JJ", 1.0)],
-    "PP": [("IN", "NP", 0.78), ("IN", "NNP", 0.12), ("IN", "NNS", 0.10)],
-    "SBAR": [("WRB", "S", 1.0)],  # adverbial / complement clause: "when the dog slept"
-    "SBAR-REL": [("WDT", "VP", 0.45), ("WP", "VP", 0.20),      # subject gap
-                 ("WDT", "S-REL", 0.25), ("WP", "S-REL", 0.10)],  # object gap
-    "S-REL": [("NP", "VBD", 0.55), ("PRP", "VBD", 0.30), ("NNP", "VBD", 0.15)],
-    "VP": [                      # a finite verb phrase of >= 2 words
-        ("VBD", "NP", 0.34), ("VBD", "NNP", 0.05), ("VBD", "NNS", 0.05),
-        ("VBD", "PP", 0.09), ("VBD", "RB", 0.03), ("VBD", "SBAR", 0.04),
-        ("VBD", "S-INF", 0.05), ("VBD", "ADJP", 0.02), ("VBD", "JJ", 0.03),
-        ("MD", "VP-BASE", 0.08), ("MD", "VB", 0.02),
-        ("VP", "PP", 0.10),      # PP attachment to a verb
-        ("RB", "VP", 0.03), ("VP", "SBAR", 0.03),
-        ("VP", "VP-CC", 0.04),   # verb phrase coordination
-    ],
-    "VP-CC": [("CC", "VP", 0.70), ("CC", "VBD", 0.30)],
-    "VP-BASE": [                 # a base-form verb phrase (after a modal or `to`)
-        ("VB", "NP", 0.50), ("VB", "NNP", 0.08), ("VB", "NNS", 0.08),
-        ("VB", "PP", 0.10), ("VB", "RB", 0.04), ("VB", "S-INF", 0.05),
-        ("VP-BASE", "PP", 0.10), ("RB", "VP-BASE", 0.05),
-    ],
-    "S-INF": [("TO", "VP-BASE", 0.70), ("TO", "VB", 0.30)],
-}
-
-# Words per tag, most frequent first; probabilities follow Zipf's law within each tag.
-_LEXICON = {
-    "DT": "the a every some this that no each another",
-    "NN": "dog cat man woman child teacher doctor farmer king queen bird horse house garden "
-          "park river city village table book letter car road tree window door box ball cake "
-          "apple song story picture hat boat bridge school market forest mountain",
-    "NNS": "dogs cats men women children teachers doctors farmers birds horses houses gardens "
-           "trees books letters cars apples songs stories pictures students friends flowers "
-           "stones ships",
-    "NNP": "john mary alice bob paris london peter susan tom anna david emma james lucy rome",
-    "JJ": "big small old young red green happy sad tall short quiet loud bright dark clever "
-          "strange beautiful angry tired new cold warm heavy gentle brave",
-    "VBD": "saw liked found took chased ate made heard knew loved wanted visited followed "
-           "watched painted opened built sold bought carried slept ran laughed arrived smiled "
-           "walked said thought seemed became",
-    "VB": "see like find take chase eat make hear know love visit follow watch open build sell "
-          "buy carry sleep run",
-    "MD": "will can would could should might must",
-    "RB": "quickly slowly often never always yesterday today very really quietly soon again",
-    "IN": "in on with near under behind from at by for about into over",
-    "TO": "to",
-    "PRP": "he she it they we you i",         # subjects only: objects are NPs
-    "WRB": "when where why how",
-    "PRP$": "his her their my our your",
-    "CC": "and but or",
-    "WDT": "that which",
-    "WP": "who whom",
-    "CD": "two three four five six ten",
-}
-
-
-def _zipf(words: list[str]) -> list[tuple[str, float]]:
-    weights = [1.0 / (k + 1) for k in range(len(words))]
-    total = sum(weights)
-    return [(w, x / total) for w, x in zip(words, weights)]
-
-
-def true_grammar_json() -> dict:
-    """The default grammar as plain JSON data, to be stored next to the corpus it generated.
-
-    Fields: version, name, nonterminals, preterminals (ordered: these orders are the symbol
-    indices of PCFGParams), roots {name: prob}, rules [[lhs, left, right, prob]],
-    emissions [[preterminal, word, prob]].
-    """
-    nonterminals = list(_RULES)
-    for name in _ROOTS:
-        assert name in _RULES
-    return {
-        "version": VERSION,
-        "name": "gfnem-english-v1",
-        "nonterminals": nonterminals,
-        "preterminals": list(_LEXICON),
-        "roots": dict(_ROOTS),
-        "rules": [[lhs, b, c, p] for lhs in nonterminals for b, c, p in _RULES[lhs]],
-        "emissions": [[tag, w, p] for tag, words in _LEXICON.items()
-                      for w, p in _zipf(words.split())],
-    }
-
-
-# ----------------------------------------------------------------------------------------
 
 class TrueGrammar:
     """A known CNF PCFG: samples gold trees, scores them, and builds PCFGParams for a corpus.
@@ -284,12 +150,6 @@ class TrueGrammar:
                           for i, w in enumerate(self.words) if self.emission_probs[t, i] > 0],
         }
 
-    def with_vocab(self, itos: list[str]) -> "TrueGrammar":
-        """The same grammar read through another corpus's vocabulary."""
-        return TrueGrammar(self.nonterminals, self.preterminals, self.root_probs,
-                           self.rule_probs, self.words, self.emission_probs, itos=itos,
-                           name=self.name, version=self.version)
-
     # --- sizes ---------------------------------------------------------------------------
 
     @property
@@ -369,17 +229,6 @@ class TrueGrammar:
         """Exact log P(len <= max_length): the log-normalizer of the capped corpus."""
         total = self.length_distribution(max_length).sum().item()
         return math.log(total) if total > 0 else -math.inf
-
-    def expected_length(self) -> float:
-        """Expected sentence length without a cap (inf if the grammar is not proper)."""
-        nt = self.num_nonterminals
-        counts = self.rule_probs.sum(dim=2) + self.rule_probs.sum(dim=1)   # (NT, S)
-        m = counts[:, :nt]
-        leaves = counts[:, nt:].sum(dim=1)
-        if torch.linalg.eigvals(m).abs().max().item() >= 1.0:
-            return math.inf
-        e = torch.linalg.solve(torch.eye(nt, dtype=torch.float64) - m, leaves)
-        return (self.root_probs @ e).item()
 
     # --- sampling and scoring trees ------------------------------------------------------
 
@@ -474,122 +323,40 @@ class TrueGrammar:
         return out
 
     def tree_log_prob(self, tree: str) -> float:
-        """log p(tree) of one bracketed tree; -inf if it uses a rule or word the grammar lacks."""
-        node = _parse_tree(tree)
+        """log p(tree) of one bracketed tree; -inf if it uses a rule or word the grammar lacks.
+        The tree is read by the treebank's reader (`data.treebank.parse_bracketed`)."""
+        trees, _ = parse_bracketed(tree)
+        if len(trees) != 1:
+            raise GfnemError(f"bracketed tree: expected one tree, found {len(trees)}")
         nt = self.num_nonterminals
         word_index = {w: i for i, w in enumerate(self.words)}
-        total = 0.0
-        first = True
-        stack = [node]
+        root = trees[0].tree
+        a = self._index.get(root.label)
+        if a is None or a >= nt or self.root_probs[a] <= 0:
+            return -math.inf
+        total = math.log(self.root_probs[a].item())
+        stack = [root]
         while stack:
-            label, children = stack.pop()
-            a = self._index.get(label)
+            node = stack.pop()
+            a = self._index.get(node.label)
             if a is None:
                 return -math.inf
-            if first:
-                if a >= nt or self.root_probs[a] <= 0:
-                    return -math.inf
-                total += math.log(self.root_probs[a].item())
-                first = False
             if a >= nt:
-                if len(children) != 1 or not isinstance(children[0], str) \
-                        or children[0] not in word_index:
+                if node.word is None or node.word not in word_index:
                     return -math.inf
-                p = self.emission_probs[a - nt, word_index[children[0]]].item()
+                p = self.emission_probs[a - nt, word_index[node.word]].item()
             else:
-                if len(children) != 2 or any(isinstance(ch, str) for ch in children):
+                if node.word is not None or len(node.children) != 2:
                     return -math.inf
-                b, c = (self._index.get(ch[0]) for ch in children)
+                b, c = (self._index.get(child.label) for child in node.children)
                 if b is None or c is None:
                     return -math.inf
                 p = self.rule_probs[a, b, c].item()
-                stack.extend(children)
+                stack.extend(node.children)
             if p <= 0:
                 return -math.inf
             total += math.log(p)
         return total
-
-
-def _parse_tree(text: str):
-    """A bracketed tree to nested (label, [children]) with words as strings."""
-    tokens = text.replace("(", " ( ").replace(")", " ) ").split()
-    stack: list = [("", [])]
-    for i, tok in enumerate(tokens):
-        if tok == "(":
-            continue
-        if tok == ")":
-            if len(stack) < 2:
-                raise GfnemError("bracketed tree: unbalanced ')'")
-            node = stack.pop()
-            stack[-1][1].append(node)
-        elif i > 0 and tokens[i - 1] == "(":
-            stack.append((tok, []))
-        else:
-            stack[-1][1].append(tok)
-    if len(stack) != 1 or len(stack[0][1]) != 1:
-        raise GfnemError("bracketed tree: unbalanced or multiple trees")
-    return stack[0][1][0]
-
-
-def tree_words(tree: str) -> list[str]:
-    """The words (leaves) of a bracketed tree, in order."""
-    tokens = tree.replace("(", " ( ").replace(")", " ) ").split()
-    return [t for i, t in enumerate(tokens)
-            if t not in ("(", ")") and tokens[i - 1] != "(" and tokens[i + 1] == ")"]
-
-
-@lru_cache(maxsize=1)
-def default_grammar() -> TrueGrammar:
-    return TrueGrammar.from_json(true_grammar_json())
-
-
-def sample_treebank(num_sentences: int, seed: int, max_length: int) -> list[str]:
-    """PTB-style bracketed gold trees from the default grammar, deterministic for a seed.
-
-    Sentences longer than max_length are redrawn: the corpus follows the grammar conditioned
-    on length <= max_length (see `TrueGrammar.log_prob_length_at_most`).
-    """
-    return default_grammar().sample(num_sentences, seed, max_length)
-
-
-# ----------------------------------------------------------------------------------------
-
-def cky_log_likelihood(params: PCFGParams, batch_chunk: int = 16) -> torch.Tensor:
-    """(B,) exact log p(x) by a plain log-space CKY, independent of the fast inside algorithm.
-
-    Charts are kept per span width; every width is one broadcast logsumexp over splits and
-    child pairs. Memory is O(chunk * n * NT * S^2) per width, hence chunks of sentences sorted by length.
-    Sentences of length 1 get -inf (CNF without unary rules cannot yield one word).
-    """
-    lengths = params.lengths.to(params.terms.device)
-    result = params.roots.new_full((params.batch_size,), -math.inf)
-    order = torch.argsort(lengths)              # chunks of similar lengths: trimmed charts
-    for lo in range(0, params.batch_size, batch_chunk):
-        idx = order[lo:lo + batch_chunk]
-        n = max(int(lengths[idx].max()), 1)
-        result[idx] = _cky(params.roots[idx], params.rules[idx], params.terms[idx, :n],
-                           lengths[idx])
-    return result
-
-
-def _cky(roots, rules, terms, lengths):
-    b, n, t = terms.shape
-    nt = rules.shape[1]
-    neg = torch.full((b, n, nt), -math.inf, dtype=terms.dtype, device=terms.device)
-    chart = {1: torch.cat([neg, terms], dim=2)}                     # width -> (B, n-w+1, S)
-    rules_flat = rules.reshape(b, 1, nt, -1)                        # (B, 1, NT, S*S)
-    for w in range(2, n + 1):
-        p = n - w + 1
-        left = torch.stack([chart[k][:, :p] for k in range(1, w)], dim=2)          # (B,P,K,S)
-        right = torch.stack([chart[w - k][:, k:k + p] for k in range(1, w)], dim=2)
-        pairs = torch.logsumexp(left.unsqueeze(-1) + right.unsqueeze(-2), dim=2)  # (B,P,S,S)
-        inside = torch.logsumexp(pairs.reshape(b, p, 1, -1) + rules_flat, dim=-1)  # (B,P,NT)
-        chart[w] = torch.cat([inside, terms.new_full((b, p, t), -math.inf)], dim=2)
-    result = []
-    for i, length in enumerate(lengths.tolist()):
-        top = chart[length][i, 0, :nt] + roots[i]
-        result.append(torch.logsumexp(top, dim=0))
-    return torch.stack(result)
 
 
 def true_log_likelihood(grammar: TrueGrammar, ids: torch.Tensor,

@@ -5,16 +5,19 @@
   trees come from the exact posterior (context-free grammars) or, for an MC-EM run of a
   non-context-free grammar, from K Metropolis–Hastings chains started right-branching.
 - `sampler_mbr(run, ids, lengths, K)`: span marginals estimated from K sampled trees (the
-  fraction of samples containing each span), then the CKY of `grammars.decoding.mbr_decode`:
+  fraction of samples containing each span), then the CKY of `grammars.charts.mbr.mbr_decode`:
   the tree maximising the expected number of correct spans under the sampler.
-- `sampler_draws(run, ids, lengths, n)`: n trees per sentence with log q(z | x) and
-  log p_θ(x, z), for `gfnem sample RUN --sentence ...` (see its docstring for what log q is).
+(Tree draws with log q for `gfnem sample` are `inference.tree_draws`.)
 """
 from __future__ import annotations
 
 import torch
 
 from grammars.binary_trees import BinaryTrees
+from grammars.charts.mbr import mbr_decode
+from grammars.charts.posterior_sampling import sample_posterior
+from grammars.models.capabilities import has_dynamic_program, has_sampler
+from grammars.training.mcem import frozen_tables, mh_chain, right_branching_trees
 
 
 def _rows(trees: BinaryTrees, pick: torch.Tensor) -> BinaryTrees:
@@ -29,23 +32,18 @@ def draw_trees_for_decoding(run, ids: torch.Tensor, lengths: torch.Tensor, k: in
     scorer = run.model
     ids = ids[:, : int(lengths.max())]
     rep_ids, rep_len = ids.repeat_interleave(k, 0), lengths.repeat_interleave(k, 0)
-    sampler = getattr(run, "sampler", None)
-    if sampler is not None:
-        traj = sampler.sample(ids, lengths, k, reward=scorer)
+    if has_sampler(run):
+        traj = run.sampler.sample(ids, lengths, k, reward=scorer)
         return traj.z, traj.log_reward
-    if getattr(run.model, "parent_conditioned", False):
-        from grammars.mcem import frozen_tables, mh_chain, right_branching
-
+    if not has_dynamic_program(run.model):     # MC-EM on the non-context-free grammar
         mc = run.config.get("mcem", {})
         NT = run.model.num_nonterminals
-        start = right_branching(rep_len, NT)
+        start = right_branching_trees(rep_len, NT)
         with frozen_tables(run.model):
             trees, log_p, _ = mh_chain(scorer.log_joint, rep_ids, rep_len, start,
                                        int(mc.get("steps", 100)), NT,
                                        float(mc.get("rotation_prob", 0.5)))
         return trees, log_p
-    from grammars.posterior_sampling import sample_posterior
-
     trees = sample_posterior(run.model.params(ids, lengths), k)
     return trees, scorer.log_joint(rep_ids, rep_len, trees)
 
@@ -64,7 +62,7 @@ def sample_span_marginals(trees: BinaryTrees, num_inputs: int, k: int) -> torch.
     """(B, n, n+1): the fraction of each sentence's K trees that contain span [i, j).
 
     Width-1 spans inside a sentence are 1 (leaves are always constituents), as
-    `grammars.inside.span_marginals` returns them.
+    `grammars.charts.inside.span_marginals` returns them.
     """
     lengths = trees.lengths.view(num_inputs, k)[:, 0]
     n = int(lengths.max())
@@ -84,35 +82,6 @@ def sample_span_marginals(trees: BinaryTrees, num_inputs: int, k: int) -> torch.
 @torch.no_grad()
 def sampler_mbr(run, ids: torch.Tensor, lengths: torch.Tensor, k: int) -> BinaryTrees:
     """MBR decoding on span marginals estimated from K sampled trees per sentence."""
-    from grammars.decoding import mbr_decode
-
     k = max(int(k), 1)
     trees, _ = draw_trees_for_decoding(run, ids, lengths, k)
     return mbr_decode(sample_span_marginals(trees, lengths.shape[0], k), lengths)
-
-
-@torch.no_grad()
-def sampler_draws(run, ids: torch.Tensor, lengths: torch.Tensor, n: int):
-    """n trees per sentence from the run's GFlowNet sampler, with log q and log p(x, z).
-
-    What `log_q` is. The sampler's marginal probability of a tree is a sum over the bottom-up
-    orders (trajectories τ) that build it: q(z | x) = Σ_{τ→z} P_F(τ | x). A tree over n words
-    has one order when n ≤ 3 but in general many, so q(z | x) is not computed exactly.
-    Instead `log_q` = log P_F(τ) − log P_B(τ | z) of the very trajectory τ that produced z.
-    Conditionally on z, that τ is distributed as P_F(τ) / q(z), so
-        E[ P_B(τ | z) / P_F(τ) | z ] = Σ_{τ→z} (P_F(τ) / q(z)) · P_B(τ | z) / P_F(τ)
-                                     = (1 / q(z)) · Σ_{τ→z} P_B(τ | z) = 1 / q(z):
-    exp(−log_q) is an *unbiased estimate of 1 / q(z | x)*. `log_q` itself is not unbiased for
-    log q(z | x): by Jensen, E[log_q | z] ≥ log q(z | x) (it overestimates on average). It is
-    exact when P_F(τ | z) = P_B(τ | z) for every τ → z (a GFlowNet that satisfies trajectory
-    balance with this P_B), and whenever z has a single trajectory (sentences of ≤ 3 words).
-    `exact_posterior` is False: these are sampler draws, not exact posterior samples.
-    """
-    from grammars.tree_draws import TreeDraws
-
-    sampler = run.sampler
-    scorer = run.model
-    ids = ids[:, : int(lengths.max())]
-    traj = sampler.sample(ids, lengths, n, reward=scorer)
-    return TreeDraws(traj.z, (traj.log_pf - traj.log_pb).detach(), traj.log_reward.detach(),
-                     False)

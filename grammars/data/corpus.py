@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.corpus_disk import (MANIFEST_FORMAT, Corpus, check_output_dir,  # noqa: F401
+from grammars.data.corpus_disk import (MANIFEST_FORMAT, Corpus, check_output_dir,  # noqa: F401
                                   load_corpus, save_corpus, to_dataset_dict)
-from grammars.corpus_splits import (SPLITS, WSJ_SECTIONS, check_ratios,  # noqa: F401
+from grammars.data.corpus_splits import (SPLITS, WSJ_SECTIONS, check_ratios,  # noqa: F401
                                     choose_split, parse_ratios, ratio_bounds, split_files,
                                     starved_splits)
-from grammars.treebank import (WORD_TAGS, SourcedTree, Span, clean_tree, collect_files,
+from grammars.data.treebank import (WORD_TAGS, SourcedTree, Span, clean_tree, collect_files,
                                parse_bracketed, read_text, split_lines)
-from grammars.vocabulary import Vocabulary, normalize_word
+from grammars.data.vocabulary import Vocabulary, normalize_word
 
 Warn = Callable[[str], None]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from grammars.binary_trees import BinaryTrees
-from grammars.inside import check_lengths, masked_terms, shared_rules
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import check_lengths, masked_terms, shared_rules
+from grammars.charts.pcfg_params import PCFGParams
 
 
 def tree_log_prob(params: PCFGParams, trees: BinaryTrees) -> torch.Tensor:

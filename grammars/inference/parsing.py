@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from grammars.batching import in_order_batches
+from gfnem_cli.engine.errors import GfnemError
 from grammars.binary_trees import BinaryTrees
+from grammars.charts.mbr import mbr_decode
+from grammars.data.batching import in_order_batches
+from grammars.inference.sampled_decoding import best_of_samples, sampler_mbr
+from grammars.models.capabilities import has_dynamic_program
 
 DECODERS = ("auto", "viterbi", "mbr", "sample")
 
@@ -17,7 +21,7 @@ def resolve_decode(run, decode: str) -> str:
     """`auto`: Viterbi where the grammar has a dynamic program, else the sampler's MBR."""
     if decode != "auto":
         return decode
-    return "viterbi" if hasattr(run.model, "params") else "mbr"
+    return "viterbi" if has_dynamic_program(run.model) else "mbr"
 
 
 def _trivial_tree(length: int) -> BinaryTrees:
@@ -32,25 +36,17 @@ def decode_batch(run, ids: torch.Tensor, lengths: torch.Tensor, decode: str,
     model, inside = run.model, run.inside
     decode = resolve_decode(run, decode)
     if decode == "sample":
-        from grammars.sampled_decoding import best_of_samples
-
         return best_of_samples(run, ids, lengths, samples)
-    if not hasattr(model, "params"):  # no dynamic program: decode from the GFlowNet sampler
-        from gfnem_cli.engine.errors import GfnemError
-
+    if not has_dynamic_program(model):   # decode from the GFlowNet sampler
         if decode == "viterbi":
             raise GfnemError("Viterbi decoding needs a context-free grammar; this run's grammar "
                              "has no dynamic program", run.path,
                              hint="use --decode mbr (sampler span marginals) or --decode sample")
-        from grammars.sampled_decoding import sampler_mbr
-
         return sampler_mbr(run, ids, lengths, samples)
     params = model.params(ids, lengths)
     if decode == "viterbi":
         _, trees = inside.viterbi(params)
         return trees
-    from grammars.decoding import mbr_decode
-
     return mbr_decode(inside.span_marginals(params), lengths)
 
 

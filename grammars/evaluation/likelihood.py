@@ -3,13 +3,20 @@
 NLL per token counts one `</s>` per sentence (length + 1 tokens), as Kim et al. (2019) do,
 so figures compare with the published ones; perplexity = exp(total NLL / total tokens).
 Exact for PCFGs (inside algorithm); the compound PCFG gives the ELBO, an upper bound on NLL.
+On a synthetic corpus, `true_grammar_likelihood` gives the true grammar's NLL on the same
+sentences: the floor any learner can reach.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from grammars.data.batching import in_order_batches
+from grammars.data.true_grammar import TrueGrammar, true_log_likelihood
 
 
 @dataclass
@@ -56,3 +63,23 @@ def corpus_likelihood(model, batches, inside, device) -> CorpusLikelihood:
         count += int(keep.sum())
         bound = bound or is_bound
     return CorpusLikelihood(total, tokens, count, bound)
+
+
+def true_grammar_likelihood(corpus_path: Path, itos: list[str], ids: list[list[int]]) -> dict:
+    """The true grammar's NLL per token on the same sentences (synthetic corpora only)."""
+    path = Path(corpus_path) / "grammar.json"
+    if not path.exists():
+        return {}
+    grammar = TrueGrammar.from_json(json.loads(path.read_text(encoding="utf-8")), itos)
+    total, tokens = 0.0, 0
+    for batch in in_order_batches([s for s in ids if len(s) >= 2], 64):
+        total -= float(true_log_likelihood(grammar, batch.ids, batch.lengths).sum())
+        tokens += tokens_in(batch.lengths)
+    manifest = json.loads((Path(corpus_path) / "manifest.json").read_text(encoding="utf-8"))
+    cap = manifest.get("synthetic", {}).get("max_length")
+    out = {"true_nll_per_token": total / max(tokens, 1)}
+    if cap:
+        sentences = sum(1 for s in ids if len(s) >= 2)
+        log_cap = grammar.log_prob_length_at_most(int(cap))
+        out["true_nll_per_token_given_length_cap"] = (total + sentences * log_cap) / max(tokens, 1)
+    return out

@@ -337,8 +337,6 @@ def read_predicted_spans(path: Path, reference: Sequence[Sequence[str]],
     e.g. normalized tokens), both escaped as trees write them; every mismatch is an error
     naming the file and line, since silently misaligned predictions give meaningless F1.
     """
-    from grammars.binary_trees import escape_word  # the escaping trees are written with
-
     text = read_text(Path(path), on_warning)
     trees, _ = parse_bracketed(text, path)
     if len(trees) != len(reference):
@@ -375,3 +373,8 @@ def _word_mismatch(words: list[str], expected: list[str], index: int, split: str
         return f"tree has {len(words)} words but {sentence} has {len(expected)}"
     at = next(i for i, (a, b) in enumerate(zip(words, expected)) if a != b)
     return f"word {at + 1} is `{words[at]}` but {sentence} has `{expected[at]}`"
+
+
+def escape_word(word: str) -> str:
+    """PTB escapes brackets inside leaves; keep every written tree re-readable."""
+    return word.replace("(", "-LRB-").replace(")", "-RRB-")

@@ -12,10 +12,10 @@ their bracketings s, labels summed out; Adam with `train.lr`, `train.betas`, `tr
 - `exact-sampling`  trees drawn from the exact posterior by the inside algorithm (context-free
                     grammars only); M-step every step.
 - `mcem`            trees from persistent Metropolis–Hastings chains per training sentence
-                    (`grammars.mcem`); M-step every step. Both grammar kinds.
+                    (`grammars.training.mcem`); M-step every step. Both grammar kinds.
 
 Validation: the exact NLL per token (inside algorithm) when the grammar is context-free, else
-the importance-sampled bound (`grammars.importance_bound`) with `em.valid_samples` samples per
+the importance-sampled bound (`grammars.evaluation.importance_bound`) with `em.valid_samples` samples per
 sentence from the run's sampler. Either way under `val_nll_per_token` (which selects best.pt),
 with `val_nll_is_bound` saying which. MC-EM on the non-context-free grammar has no sampler: its
 bound uses a uniform tree proposal, which loosens as the grammar sharpens, so it is logged as
@@ -27,98 +27,22 @@ from __future__ import annotations
 
 import torch
 
-from gfnem_cli.engine import (DIVERGENCES, EMLoop, EMOptions, Exploration, GFlowNetEStep,
-                              PosteriorEStep, Refined, ThresholdSchedule, exploration_from_config,
+from gfnem_cli.engine import (DIVERGENCES, EMLoop, EMOptions, GfnemError, GFlowNetEStep,
+                              PosteriorEStep, ThresholdSchedule, exploration_from_config,
                               objective_from_config)
-from gfnem_cli.engine.errors import GfnemError
-from grammars.likelihood import corpus_likelihood, tokens_in
+from grammars.charts.posterior_sampling import sample_posterior
+from grammars.evaluation.importance_bound import (SamplerProposal, UniformTreeProposal,
+                                                  importance_sampled_likelihood)
+from grammars.evaluation.likelihood import corpus_likelihood
+from grammars.gflownet import TreeSampler
+from grammars.models.capabilities import has_dynamic_program
+from grammars.training.family import MSTEP_LABELS, GrammarFamily, SummedLabelsFamily, inputs
+from grammars.training.mcem import MCEMDraws
 
 METHODS = ("gfnem", "exact-sampling", "mcem")
 
 
-def _inputs(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, lengths = batch.ids.to(device), batch.lengths.to(device)
-    return ids[:, : int(lengths.max())], lengths
-
-
-# ============================================================================ the family
-class GrammarFamily:
-    """Grammar + (optional) tree sampler, as the engine's `SamplerFamily` sees them."""
-
-    nll_unit = "token"            # `CountsUnits`: one `</s>` per sentence counted (DESIGN §6)
-
-    def __init__(self, model, sampler, device, dream_max_length: int = 20):
-        self.model, self.sampler, self.device = model, sampler, device
-        self.dream_max_length = dream_max_length
-
-    def batch_size(self, batch) -> int:
-        return len(batch)
-
-    def num_units(self, batch) -> int:
-        return tokens_in(batch.lengths)
-
-    def log_joint(self, batch, z, n: int) -> torch.Tensor:
-        ids, lengths = _inputs(batch, self.device)
-        return self.model.log_joint(ids.repeat_interleave(n, 0), lengths.repeat_interleave(n, 0),
-                                    z)
-
-    def sample(self, batch, n: int, exploration: Exploration, need_flows: bool):
-        ids, lengths = _inputs(batch, self.device)
-        return self.sampler.sample(ids, lengths, n, temperature=exploration.temperature,
-                                   epsilon=exploration.epsilon, reward=self.model,
-                                   need_flows=need_flows)
-
-    def refine(self, batch, traj, exploration: Exploration, rounds: int, rescore: bool,
-               need_flows: bool) -> Refined:
-        from grammars.gflownet import local_search
-        from grammars.mcem import frozen_tables
-
-        ids, lengths = _inputs(batch, self.device)
-        with frozen_tables(self.model):      # θ is fixed during the E-step: score cheaply
-            result = local_search(self.sampler, ids, lengths, traj, self.model,
-                                  k=exploration.local_search_steps, rounds=rounds,
-                                  temperature=exploration.temperature,
-                                  epsilon=exploration.epsilon, rescore=rescore,
-                                  need_flows=need_flows)
-        return Refined(result.trees, result.log_reward, result.acceptance_rate,
-                       result.trajectories)
-
-    @torch.no_grad()
-    def dream(self, count: int):
-        """(x, z) ~ p_θ with |x| ≤ dream_max_length, for the sleep phase."""
-        from grammars.batching import make_batch
-
-        id_lists, trees, _ = self.model.sample(count, self.dream_max_length)
-        lengths = trees.lengths.to(self.device)
-        ids = make_batch(id_lists, list(range(count))).ids.to(self.device)  # one transfer
-        trees.spans, trees.labels = trees.spans.to(self.device), trees.labels.to(self.device)
-        trees.lengths = lengths
-        return (ids, lengths), trees
-
-    def log_pf_of(self, x, z) -> torch.Tensor:
-        ids, lengths = x
-        return self.sampler.score(ids, lengths, z, order="sample_backward").log_pf
-
-
-class SummedLabelsFamily(GrammarFamily):
-    """`em.mstep_labels: summed`: the M-step maximizes log p_θ(x, s) for the bracketing s of
-    each sampled tree, its labels summed out, instead of log p_θ(x, z). The same expected
-    gradient under the posterior (∇ log p_θ(x)), less variance: Rao-Blackwellization."""
-
-    def mstep_log_likelihood(self, batch, z, n: int) -> torch.Tensor:
-        """(B·n,) log p_θ(x, bracketing of z) (`grammars.models.bracketing_score`)."""
-        ids, lengths = _inputs(batch, self.device)
-        return self.model.log_joint_bracketing(ids.repeat_interleave(n, 0),
-                                               lengths.repeat_interleave(n, 0), z)
-
-
-MSTEP_LABELS = {"sampled": GrammarFamily, "summed": SummedLabelsFamily}
-
-
-# ============================================================================ building
 def build_sampler(config: dict, vocab_size: int, num_nonterminals: int):
-    from grammars.gflownet import TreeSampler
-
     s = config["sampler"]
     return TreeSampler(vocab_size, num_nonterminals, d_model=s["d_model"],
                        num_layers=s["num_layers"], num_heads=s["num_heads"],
@@ -147,9 +71,7 @@ def sampler_optimizer(sampler, config: dict) -> torch.optim.Adam:
 
 def _exact_draw(model, device):
     def draw(batch, n: int):
-        from grammars.posterior_sampling import sample_posterior
-
-        ids, lengths = _inputs(batch, device)
+        ids, lengths = inputs(batch, device)
         return sample_posterior(model.params(ids, lengths), n), {}
     return draw
 
@@ -158,12 +80,9 @@ def _validator(model, sampler, valid_batches, inside, device, samples: int, seed
     def validate() -> dict:
         if not valid_batches:
             return {}
-        if getattr(model, "marginal", None) == "exact":
+        if has_dynamic_program(model):
             result = corpus_likelihood(model, valid_batches, inside, device)
         else:
-            from grammars.importance_bound import (SamplerProposal, UniformTreeProposal,
-                                                   importance_sampled_likelihood)
-
             proposal = (SamplerProposal(sampler) if sampler is not None
                         else UniformTreeProposal(model.num_nonterminals))
             holder = type("Run", (), {"model": model, "device": device})()
@@ -173,7 +92,7 @@ def _validator(model, sampler, valid_batches, inside, device, samples: int, seed
                "val_nll_is_bound": bool(result.is_bound)}
         if result.std_error is not None:
             out["val_nll_std_error"] = result.std_error
-        if sampler is None and getattr(model, "marginal", None) != "exact":
+        if sampler is None and not has_dynamic_program(model):
             # MC-EM on a non-context-free grammar: the uniform proposal's bound loosens as the
             # grammar sharpens, so it must not select checkpoints (no best.pt; last.pt is used)
             out["val_nll_uniform_proposal_bound"] = out.pop("val_nll_per_token")
@@ -237,8 +156,6 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
         if method == "exact-sampling":
             estep = PosteriorEStep(_exact_draw(model, device))
         else:
-            from grammars.mcem import MCEMDraws
-
             mc = config["mcem"]
             if em["mstep_samples"] != 1:
                 raise GfnemError("method 'mcem' keeps one chain per sentence",
@@ -252,5 +169,5 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
     return EMLoop(family, estep, model_opt, model.parameters(), options, validate, modules)
 
 
-__all__ = ["build_em_method", "GrammarFamily", "build_sampler", "load_sampler",
-           "sampler_optimizer", "METHODS", "DIVERGENCES", "MSTEP_LABELS"]
+__all__ = ["build_em_method", "GrammarFamily", "SummedLabelsFamily", "build_sampler",
+           "load_sampler", "sampler_optimizer", "METHODS", "DIVERGENCES", "MSTEP_LABELS"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.files import write_text_atomic
 
 UNK = "<unk>"
 _DIGITS = re.compile(r"\d+")
@@ -61,8 +62,6 @@ class Vocabulary:
         return {"unk": UNK, "tokens": self.tokens}
 
     def save(self, path: Path) -> None:
-        from gfnem_cli.engine.files import write_text_atomic
-
         write_text_atomic(Path(path), json.dumps(self.to_json(), ensure_ascii=False, indent=0)
                           + "\n")
 

@@ -40,7 +40,8 @@ import torch
 
 from gfnem_cli.engine import ImportanceEstimate, standard_error
 from grammars.binary_trees import BinaryTrees
-from grammars.likelihood import CorpusLikelihood, tokens_in
+from grammars.models.capabilities import has_sampler
+from grammars.evaluation.likelihood import CorpusLikelihood, tokens_in
 
 ROWS_PER_PASS = 2048      # sentences × samples scored in one sampler pass
 
@@ -140,9 +141,8 @@ def importance_log_likelihood(score, proposal, ids: torch.Tensor, lengths: torch
 
 def run_proposal(run):
     """The run's trained sampler, or the uniform tree proposal when it has none (MC-EM)."""
-    sampler = getattr(run, "sampler", None)
-    if sampler is not None:
-        return SamplerProposal(sampler)
+    if has_sampler(run):
+        return SamplerProposal(run.sampler)
     return UniformTreeProposal(run.model.num_nonterminals)
 
 

@@ -1,4 +1,4 @@
-"""Reference backend: the same exact-marginal interface as `grammars.inside`, computed by
+"""Reference backend: the same exact-marginal interface as `grammars.charts.inside`, computed by
 torch-struct's `SentCFG` (Rush 2020), for cross-checks and for recipes with
 `inside: torch-struct`. It needs the optional package torch-struct (a test extra).
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from grammars.binary_trees import BinaryTrees
-from grammars.inside import check_lengths, masked_terms
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import check_lengths, masked_terms
+from grammars.charts.pcfg_params import PCFGParams
 
 
 def log_partition(params: PCFGParams) -> torch.Tensor:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.vocabulary import Vocabulary, normalize_word
+from grammars.data.corpus import PrepareOptions, load_corpus, prepare_text
+from grammars.data.vocabulary import Vocabulary, normalize_word
 
 
 @dataclass
@@ -42,8 +43,6 @@ def run_manifest(run_dir: Path) -> dict:
 
 
 def run_prepare_options(run_dir: Path):
-    from grammars.corpus import PrepareOptions
-
     options = run_manifest(run_dir).get("options", {})
     if not isinstance(options, dict):
         options = {}
@@ -57,13 +56,9 @@ def read_parse_input(path: Path, run_dir: Path, vocab: Vocabulary, split: str = 
     """Raw text, or (a directory) one split of a prepared corpus."""
     path = Path(path)
     if path.is_dir():
-        from grammars.corpus import load_corpus
-
         return corpus_parse_input(load_corpus(path), run_dir, vocab, split, on_warning)
     if not path.exists():
         raise GfnemError("input not found", path)
-    from grammars.corpus import prepare_text
-
     prepared = prepare_text(path, run_prepare_options(run_dir), vocab, on_warning)
     words = [s.words for s in prepared.splits["test"]]
     lines = prepared.manifest["inputs"].get("line_count", len(words))

@@ -32,12 +32,12 @@ to -inf. Training code should drop 1-word sentences, as Kim et al. do.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from grammars.params import PCFGParams
+from grammars.charts.pcfg_params import PCFGParams, check_lengths, masked_terms, shared_rules
 
 
 def log_partition(params: PCFGParams) -> torch.Tensor:
@@ -89,67 +89,6 @@ def inside_chart(params: PCFGParams) -> tuple[torch.Tensor, torch.Tensor]:
             fits = (p[None, :] + w <= lengths[:, None])[..., None]
             chart[:, p, p + w] = torch.where(fits, cell, torch.full_like(cell, float("-inf")))
     return log_z, chart
-
-
-class InsideBackend(NamedTuple):
-    """The exact-marginal operations a recipe selects with `inside: ours|torch-struct`."""
-    log_partition: Callable
-    span_marginals: Callable
-    viterbi: Callable
-
-
-def get_backend(name: str) -> InsideBackend:
-    """`ours` (this module) or `torch-struct` (reference; needs the torch-struct package)."""
-    if name == "ours":
-        from grammars.decoding import viterbi
-        return InsideBackend(log_partition, span_marginals, viterbi)
-    if name == "torch-struct":
-        from grammars import inside_torch_struct as ts
-        return InsideBackend(ts.log_partition, ts.span_marginals, ts.viterbi)
-    raise ValueError(f"unknown inside backend {name!r}: expected 'ours' or 'torch-struct'")
-
-
-def shared_rules(rules: torch.Tensor) -> torch.Tensor | None:
-    """The (NT, S, S) table when every row of `rules` is one shared grammar, else None.
-
-    A neural PCFG passes one grammar `expand`ed over the batch. Reading it once lets each
-    width run one GEMM for the whole batch, and the backward pass must not materialize B
-    copies of the rule gradient (which indexing the expanded view would do).
-    """
-    if rules.shape[0] != 1 and rules.stride(0) != 0:
-        return None
-    return _SharedRows.apply(rules) if rules.requires_grad else rules[0]
-
-
-class _SharedRows(torch.autograd.Function):
-    """rules[0] of a stride-0 batch; the gradient comes back as g/B on every (aliased) row,
-    a stride-0 tensor that `expand`'s backward sums to g without allocating B copies."""
-
-    @staticmethod
-    def forward(ctx, rules):
-        ctx.batch = rules.shape[0]
-        return rules[0].clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (grad / ctx.batch).unsqueeze(0).expand(ctx.batch, *grad.shape)
-
-
-def check_lengths(params: PCFGParams) -> torch.Tensor:
-    """Sentence lengths on the chart's device, validated against the padded width."""
-    lengths = params.lengths.to(params.terms.device).long()
-    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > params.max_length):
-        raise ValueError(f"sentence lengths must lie in [1, {params.max_length}], "
-                         f"got {lengths.tolist()}")
-    return lengths
-
-
-def masked_terms(params: PCFGParams, lengths: torch.Tensor) -> torch.Tensor:
-    """Emission log-probs with positions past each sentence set to 0: finite filler, so the
-    (unused) cells beyond a sentence never produce NaN, in the forward or backward pass."""
-    live = torch.arange(params.max_length, device=lengths.device)[None, :] < lengths[:, None]
-    return torch.where(live[..., None], params.terms,
-                       torch.zeros((), dtype=params.terms.dtype, device=params.terms.device))
 
 
 def finite_shift(x: torch.Tensor, dims) -> torch.Tensor:

@@ -11,7 +11,7 @@ import math
 import torch
 
 from gfnem_cli.engine import checked_step
-from grammars.likelihood import corpus_likelihood, sentence_log_likelihood, tokens_in
+from grammars.evaluation.likelihood import corpus_likelihood, sentence_log_likelihood, tokens_in
 
 
 def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:

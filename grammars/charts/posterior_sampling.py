@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 
 from grammars.binary_trees import BinaryTrees
-from grammars.decoding import build_trees
-from grammars.inside import inside_chart, masked_terms, shared_rules
-from grammars.params import PCFGParams
-from grammars.semirings import sample_categorical, scaled_matmul
+from grammars.charts.topdown import build_trees
+from grammars.charts.inside import inside_chart
+from grammars.charts.pcfg_params import masked_terms, shared_rules
+from grammars.charts.pcfg_params import PCFGParams
+from grammars.charts.semirings import sample_categorical, scaled_matmul
 
 # Largest G table built at once (float64 elements, 256 MiB); bounds memory by chunking the batch.
 TABLE_BUDGET = 1 << 25

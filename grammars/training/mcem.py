@@ -61,7 +61,7 @@ def frozen_tables(model):
         del model.tables
 
 
-def right_branching(lengths: torch.Tensor, num_nonterminals: int, max_nodes: int | None = None,
+def right_branching_trees(lengths: torch.Tensor, num_nonterminals: int, max_nodes: int | None = None,
                     generator: torch.Generator | None = None) -> BinaryTrees:
     """Right-branching trees (node k spans [k, n)) with labels drawn uniformly at random."""
     lengths = lengths.long()
@@ -101,7 +101,7 @@ def propose(trees: BinaryTrees, num_nonterminals: int, rotation_prob: float,
     """One proposal per row. Returns (proposed trees, is_rotation (B,), changed (B,)).
 
     Rows are expected to hold their n−1 internal nodes in the first n−1 columns (as
-    `right_branching` and this function keep them). `uniforms` (B, 4) in [0, 1) replaces the
+    `right_branching_trees` and this function keep them). `uniforms` (B, 4) in [0, 1) replaces the
     random draws (node, move type, direction, new label), e.g. to enumerate every proposal.
     """
     spans, labels, lengths = trees.spans, trees.labels, trees.lengths
@@ -226,7 +226,7 @@ class ChainStore:
         lengths_cpu, rows = lengths.cpu().long(), index.cpu().long()
         B = lengths_cpu.shape[0]
         M = max(int(lengths_cpu.max()) - 1, 0) if B else 0
-        fresh = right_branching(lengths_cpu, self.num_nonterminals, M)
+        fresh = right_branching_trees(lengths_cpu, self.num_nonterminals, M)
         self._grow(int(rows.max()) + 1 if B else 0, M)
         have = self.known[rows]
         stored = self.nodes[rows, :M].long()

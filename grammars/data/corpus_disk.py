@@ -18,14 +18,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, os_error
-from grammars.vocabulary import Vocabulary
-
-if TYPE_CHECKING:
-    from grammars.corpus import PreparedCorpus
+from grammars.data.vocabulary import Vocabulary
 
 MANIFEST_FORMAT = 1
 DAMAGED = "the corpus is damaged: prepare it again with `gfnem prepare`"
@@ -43,7 +39,7 @@ def _features():
     })
 
 
-def to_dataset_dict(corpus: "PreparedCorpus"):
+def to_dataset_dict(corpus):       # a `corpus.PreparedCorpus`
     import datasets
 
     features = _features()
@@ -93,7 +89,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_corpus(corpus: "PreparedCorpus", out: Path, extra_files: dict[str, object] | None = None
+def save_corpus(corpus, out: Path, extra_files: dict[str, object] | None = None
                 ) -> Path:
     """Write into a temporary sibling, then swap it in: a failure leaves the old corpus (or
     nothing) and no temporary directory; OSErrors are one-line errors naming `out`."""

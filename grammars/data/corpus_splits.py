@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gfnem_cli.engine.errors import GfnemError
-from grammars.treebank import wsj_section
+from grammars.data.treebank import wsj_section
 
 SPLITS = ("train", "valid", "test")
 WSJ_SECTIONS = {"train": range(2, 22), "valid": range(22, 23), "test": range(23, 24)}

@@ -1,0 +1,7 @@
+"""What a trained run does to sentences.
+
+    sampled_decoding.py  decoding from sampled trees (best of K, sampler MBR)
+    parsing.py           parse sentences: Viterbi, MBR or the best of sampled trees
+    tree_draws.py        trees drawn for given sentences, with log q(z | x) and log p(x, z)
+    run_scores.py        a run scored on a split: its parses and its likelihood
+"""

@@ -1,0 +1,8 @@
+"""Training a grammar: the family the engine's EM loop trains, and the methods of a recipe.
+
+    family.py          GrammarFamily (a SamplerFamily with local search, sleep phase, NLL per
+                       token) and SummedLabelsFamily (the labels-summed M-step)
+    mcem.py            Metropolis–Hastings over labeled trees, persistent chains (MC-EM)
+    exact_marginal.py  exact marginal likelihood (N-PCFG) or the ELBO (C-PCFG)
+    em_methods.py      recipe -> the engine's EMLoop for gfnem, exact-sampling and mcem
+"""

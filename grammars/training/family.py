@@ -1,0 +1,91 @@
+"""The grammar family as the engine sees it (`gfnem_cli.engine.family`): a grammar p_θ(x, z)
+and, for GFlowNet-EM, its tree sampler.
+
+`GrammarFamily` is a `SamplerFamily` with the capabilities `LocalSearch` (back-and-forth
+local search on trees, with the grammar's tables frozen), `SleepPhase` (sentences and trees
+dreamt from the grammar) and `CountsUnits` (NLL per token, one `</s>` per sentence counted);
+`SummedLabelsFamily` adds the `RaoBlackwellizedMStep` of `em.mstep_labels: summed`.
+The grammar model itself is the reward the sampler reads (`log_joint`, `partial_log_joint`).
+"""
+from __future__ import annotations
+
+import torch
+
+from gfnem_cli.engine import Exploration, Refined
+from grammars.data.batching import make_batch
+from grammars.evaluation.likelihood import tokens_in
+from grammars.gflownet import local_search
+from grammars.training.mcem import frozen_tables
+
+
+def inputs(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, lengths = batch.ids.to(device), batch.lengths.to(device)
+    return ids[:, : int(lengths.max())], lengths
+
+
+class GrammarFamily:
+    """Grammar + (optional) tree sampler, as the engine's `SamplerFamily` sees them."""
+
+    nll_unit = "token"            # `CountsUnits`: one `</s>` per sentence counted (DESIGN §6)
+
+    def __init__(self, model, sampler, device, dream_max_length: int = 20):
+        self.model, self.sampler, self.device = model, sampler, device
+        self.dream_max_length = dream_max_length
+
+    def batch_size(self, batch) -> int:
+        return len(batch)
+
+    def num_units(self, batch) -> int:
+        return tokens_in(batch.lengths)
+
+    def log_joint(self, batch, z, n: int) -> torch.Tensor:
+        ids, lengths = inputs(batch, self.device)
+        return self.model.log_joint(ids.repeat_interleave(n, 0), lengths.repeat_interleave(n, 0),
+                                    z)
+
+    def sample(self, batch, n: int, exploration: Exploration, need_flows: bool):
+        ids, lengths = inputs(batch, self.device)
+        return self.sampler.sample(ids, lengths, n, temperature=exploration.temperature,
+                                   epsilon=exploration.epsilon, reward=self.model,
+                                   need_flows=need_flows)
+
+    def refine(self, batch, traj, exploration: Exploration, rounds: int, rescore: bool,
+               need_flows: bool) -> Refined:
+        ids, lengths = inputs(batch, self.device)
+        with frozen_tables(self.model):      # θ is fixed during the E-step: score cheaply
+            result = local_search(self.sampler, ids, lengths, traj, self.model,
+                                  k=exploration.local_search_steps, rounds=rounds,
+                                  temperature=exploration.temperature,
+                                  epsilon=exploration.epsilon, rescore=rescore,
+                                  need_flows=need_flows)
+        return Refined(result.trees, result.log_reward, result.acceptance_rate,
+                       result.trajectories)
+
+    @torch.no_grad()
+    def dream(self, count: int):
+        """(x, z) ~ p_θ with |x| ≤ dream_max_length, for the sleep phase."""
+        id_lists, trees, _ = self.model.sample(count, self.dream_max_length)
+        lengths = trees.lengths.to(self.device)
+        ids = make_batch(id_lists, list(range(count))).ids.to(self.device)  # one transfer
+        trees.spans, trees.labels = trees.spans.to(self.device), trees.labels.to(self.device)
+        trees.lengths = lengths
+        return (ids, lengths), trees
+
+    def log_pf_of(self, x, z) -> torch.Tensor:
+        ids, lengths = x
+        return self.sampler.score(ids, lengths, z, order="sample_backward").log_pf
+
+
+class SummedLabelsFamily(GrammarFamily):
+    """`em.mstep_labels: summed`: the M-step maximizes log p_θ(x, s) for the bracketing s of
+    each sampled tree, its labels summed out, instead of log p_θ(x, z). The same expected
+    gradient under the posterior (∇ log p_θ(x)), less variance: Rao-Blackwellization."""
+
+    def mstep_log_likelihood(self, batch, z, n: int) -> torch.Tensor:
+        """(B·n,) log p_θ(x, bracketing of z) (`grammars.models.bracketing_score`)."""
+        ids, lengths = inputs(batch, self.device)
+        return self.model.log_joint_bracketing(ids.repeat_interleave(n, 0),
+                                               lengths.repeat_interleave(n, 0), z)
+
+
+MSTEP_LABELS = {"sampled": GrammarFamily, "summed": SummedLabelsFamily}
