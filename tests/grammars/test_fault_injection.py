@@ -26,8 +26,8 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-DRIVER = Path(__file__).resolve().parent / "fault_driver.py"
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).resolve().parents[1] / "fault_driver.py"
 
 
 class ForkServer:

@@ -262,7 +262,7 @@ def test_bad_method_configurations_are_one_line_errors(tmp_path, corpus, runner,
     assert needle in result.output and "Traceback" not in result.output
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 MINE = ["ptb-npcfg-gfnem", "ptb-ncfg-gfnem", "ptb-ncfg-mcem", "synthetic-npcfg-gfnem",
         "synthetic-ncfg-gfnem"]
 

@@ -41,7 +41,7 @@ def final_model(run: Path) -> dict:
 
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
 
 
 def test_resume_continues_exactly(corpus, tmp_path):

@@ -1,4 +1,4 @@
-"""MC-EM's Metropolis–Hastings kernel over labeled binary trees (grammars/mcem.py).
+"""MC-EM's Metropolis–Hastings kernel over labeled binary trees (grammars/training/mcem.py).
 
 Everything is checked against enumeration on a 4-word sentence with 2 nonterminals (5 shapes
 x 2^3 labelings = 40 trees): the exact transition matrix of the kernel (every proposal

@@ -13,7 +13,7 @@ from gfnem_cli.engine.config import load_recipe, resolve_config, save_config
 from gfnem_cli.engine.errors import GfnemError
 from grammars.recipe import GRAMMAR_DEFAULTS
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 R = RECIPES / "synthetic-npcfg.yaml"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_RUN = ["--set", "model.nonterminals=4", "--set", "model.preterminals=6",
             "--set", "model.symbol_dim=16", "--set", "train.batch_size=8",
             "--set", "train.steps=2", "--set", "train.eval_every=2",

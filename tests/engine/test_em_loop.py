@@ -1,4 +1,4 @@
-"""The engine's EM loop (gfnem_cli/engine/em.py) on an enumerable toy family.
+"""The engine's EM loop (gfnem_cli/engine/em.py, estep.py) on an enumerable toy family.
 
 Toy: inputs x ∈ {0..X−1}, latents z ∈ {0..K−1}; the model is a free joint table
 log p_θ(x, z) = log_softmax(θ)[x, z]; the sampler is a table of logits P_F(z | x) with a

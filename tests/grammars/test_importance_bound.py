@@ -1,4 +1,4 @@
-"""The importance-sampled NLL bound (grammars/importance_bound.py) against the exact NLL.
+"""The importance-sampled NLL bound (grammars/evaluation/importance_bound.py) against the exact NLL.
 
 A neural PCFG is small enough for the inside algorithm, so the bound's target is known: with a
 tree GFlowNet (untrained: a valid, mediocre proposal) or the uniform tree proposal, the IS NLL
