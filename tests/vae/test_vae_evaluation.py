@@ -135,6 +135,7 @@ def test_gflownet_em_runs_through_the_engine_loop():
     batch = ImageBatch(x, torch.arange(4))
     metrics = loop.train_step(batch)
     assert math.isfinite(metrics["e_loss"]) and math.isfinite(metrics["sleep_nll"])
+    assert math.isfinite(metrics["mstep_nll_per_image"])     # the family names its unit
     assert loop.model_updates == 1                         # τ = ∞: an M-step every step
     assert any(not torch.equal(a, b) for a, b in zip(before_model, vae.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_sampler, sampler.parameters()))

@@ -38,8 +38,8 @@ class ImageFamily:
     def batch_size(self, batch: ImageBatch) -> int:
         return len(batch)
 
-    def num_tokens(self, batch: ImageBatch) -> int:
-        """The M-step's NLL is logged per image: one unit per image."""
+    def num_units(self, batch: ImageBatch) -> int:
+        """The M-step's NLL is logged per image (the engine's `CountsUnits`)."""
         return len(batch)
 
     def log_joint(self, batch: ImageBatch, z: CodeGrids, n: int) -> torch.Tensor:
