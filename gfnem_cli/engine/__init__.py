@@ -6,6 +6,7 @@
     trajectories.py what a sampler hands the objectives (DESIGN.md §2)
     objectives/     TB, SubTB, DB, VarGrad, the divergences and their control variates;
                     from_recipe.py: recipe -> objective, and the recipe sections families share
+    behaviour.py    choose: the tempered, ε-uniform behaviour policy every sampler draws from
     estep.py        GFlowNetEStep (a trained sampler), PosteriorEStep (a fixed procedure)
     em.py           EMOptions, EMLoop: the EM loop of GFlowNet-EM
     schedules.py    the M-step threshold τ(g) and the E-loss moving average
@@ -29,6 +30,7 @@ _EXPORTS = {
     "family": ("LatentFamily", "SamplerFamily", "Exploration", "Draw", "Refined", "LocalSearch",
                "SleepPhase", "RaoBlackwellizedMStep", "CountsUnits"),
     "trajectories": ("Trajectories",),
+    "behaviour": ("choose",),
     "estep": ("GFlowNetEStep", "PosteriorEStep"),
     "em": ("EMOptions", "EMLoop"),
     "schedules": ("ThresholdSchedule", "MovingAverage"),

@@ -2,7 +2,7 @@
 
 forest.py       the state: a batch of partial forests as tensors, merges, splits, masks
 encoder.py      recursive subtree embeddings and the Transformer over current roots
-policy.py       heads (merge position, label, P_B, log-flow, log Z) and the tempered/ε choice
+policy.py       heads (merge position, label, P_B, log-flow, log Z)
 sampler.py      TreeSampler: batched rollouts -> engine Trajectories, teacher forcing
 local_search.py back-and-forth Metropolis–Hastings refinement of sampled trees
 """

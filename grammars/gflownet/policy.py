@@ -1,9 +1,10 @@
-"""Heads on the encoded forest, and the masked, tempered, ε-mixed choice they feed.
+"""Heads on the encoded forest: forward (position, label), backward, log-flows and log Z.
 
 Forward action = (position, label), factorized as P_F(i, A | s) = P(i | s) · P(A | s, i):
 a position head scores every adjacent pair [h_i; h_{i+1}], then a label head reads the chosen
 pair. Factorizing keeps the label softmax small (NT, not (R-1)·NT) and lets exploration mix
-each factor separately (see `choose`). The backward head scores splittable roots (learned P_B).
+each factor separately (`gfnem_cli.engine.behaviour.choose`). The backward head scores
+splittable roots (learned P_B).
 Log-flows are forward-looking sums of per-root contributions plus a summary-token term, so
 they scale with the number of roots; the conditional log Z_φ(x) head has the same form and
 reads the initial state s_0 (only the words).
@@ -15,7 +16,6 @@ from torch import nn
 
 # Finite "minus infinity": rows with nothing valid stay finite, so masked-out rows never put
 # NaN into a backward pass (NaN * 0 is still NaN).
-NEG = -1e9
 
 
 class PolicyHeads(nn.Module):
@@ -53,34 +53,3 @@ class PolicyHeads(nn.Module):
         return per_root.sum(1) + self.log_z_summary(summary).squeeze(-1)
 
 
-def choose(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0,
-           epsilon: float = 0.0, forced: torch.Tensor | None = None,
-           generator: torch.Generator | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pick one valid entry per row; return (action, log π(action), log q(action)).
-
-    π = softmax(logits) over valid entries is the policy whose log-prob trains φ.
-    q = (1-ε)·softmax(logits / temperature) + ε·uniform(valid) is what is sampled from
-    (the behaviour policy); q = π exactly when temperature = 1 and ε = 0.
-    `forced` gives the actions instead of sampling (teacher forcing); both log-probs are still
-    returned for them. Rows without a valid entry return action 0 and finite garbage: the
-    caller masks them.
-    """
-    logits = logits.masked_fill(~mask, NEG)
-    log_pi = torch.log_softmax(logits, dim=-1)
-    if temperature == 1.0 and epsilon == 0.0:
-        log_q = log_pi
-    else:
-        q = torch.softmax(logits / temperature, dim=-1)
-        if epsilon > 0.0:
-            valid = mask.to(q.dtype)
-            q = (1.0 - epsilon) * q + epsilon * valid / valid.sum(-1, keepdim=True).clamp(min=1.0)
-        log_q = torch.log(q.clamp(min=1e-38)).masked_fill(~mask, NEG)
-    if forced is None:
-        with torch.no_grad():
-            probs = torch.softmax(log_q.detach(), dim=-1)
-            action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    else:
-        action = forced.clamp(min=0)
-    pick = action.unsqueeze(-1)
-    return action, log_pi.gather(-1, pick).squeeze(-1), log_q.gather(-1, pick).squeeze(-1)

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfnem_cli.engine.behaviour import choose
 from gfnem_cli.engine.trajectories import Trajectories
 from grammars.binary_trees import BinaryTrees
 from grammars.gflownet.encoder import ForestEncoder, SubtreeEmbedder
 from grammars.gflownet.forest import Forest, read_slots, write_slots
-from grammars.gflownet.policy import PolicyHeads, choose
+from grammars.gflownet.policy import PolicyHeads
 
 ORDERS = ("given", "width", "sample_backward")
 

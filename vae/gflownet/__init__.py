@@ -4,7 +4,7 @@ impose.
 
 grid.py     the state: a batch of partly filled grids, legal-action masks, fills
 policy.py   image trunk (once per image), policy over the partial grid (logits per (cell,
-            code), log-flow, log Z_φ(x)), and the masked tempered/ε choice
+            code), log-flow, log Z_φ(x))
 sampler.py  GridSampler: raster or any-order batched rollouts -> engine Trajectories,
             teacher forcing (random order = a draw from the uniform P_B)
 """

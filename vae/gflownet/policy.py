@@ -1,5 +1,5 @@
 """The grid GFlowNet's estimator: an image trunk computed once per image, then a policy over
-the partly filled grid conditioned on it, and the masked, tempered, ε-mixed choice it feeds.
+the partly filled grid conditioned on it (its logits feed the engine's behaviour `choose`).
 
 - `ImageTrunk`: convolutions (stride 2) from the image to one feature vector per grid cell
   (adaptive average pooling to h×w) and a global feature; run on the B images, not on the
@@ -16,8 +16,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Finite "minus infinity": masked rows stay finite, so no NaN reaches a backward pass.
-NEG = -1e9
 
 
 class ImageTrunk(nn.Module):
@@ -92,34 +90,3 @@ class GridPolicy(nn.Module):
         return self.log_z_head(summary).squeeze(-1)
 
 
-def choose(logits: torch.Tensor, mask: torch.Tensor | None, temperature: float = 1.0,
-           epsilon: float = 0.0, forced: torch.Tensor | None = None,
-           generator: torch.Generator | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One action per row: (action, log π(action), log q(action)).
-
-    π = softmax(logits) over legal actions trains φ; q = (1−ε)·softmax(logits/T) + ε·uniform
-    over legal actions is sampled from (the behaviour policy), q = π when T = 1 and ε = 0.
-    `forced` gives the actions (teacher forcing); both log-probs are returned for them.
-    Should move to the engine: the grammar family has the same function.
-    """
-    if mask is not None:
-        logits = logits.masked_fill(~mask, NEG)
-    log_pi = torch.log_softmax(logits, dim=-1)
-    if temperature == 1.0 and epsilon == 0.0:
-        log_q = log_pi
-    else:
-        q = torch.softmax(logits / temperature, dim=-1)
-        if epsilon > 0.0:
-            legal = torch.ones_like(q) if mask is None else mask.to(q.dtype)
-            q = (1.0 - epsilon) * q + epsilon * legal / legal.sum(-1, keepdim=True).clamp(min=1.0)
-        log_q = torch.log(q.clamp(min=1e-38))
-        if mask is not None:
-            log_q = log_q.masked_fill(~mask, NEG)
-    if forced is None:
-        with torch.no_grad():
-            action = torch.multinomial(log_q.detach().exp(), 1, generator=generator).squeeze(-1)
-    else:
-        action = forced
-    pick = action.unsqueeze(-1)
-    return action, log_pi.gather(-1, pick).squeeze(-1), log_q.gather(-1, pick).squeeze(-1)

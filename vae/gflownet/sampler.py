@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfnem_cli.engine.behaviour import choose
 from gfnem_cli.engine.trajectories import Trajectories
 from vae.code_grids import CodeGrids
 from vae.gflownet.grid import GridState
-from vae.gflownet.policy import GridPolicy, ImageTrunk, choose
+from vae.gflownet.policy import GridPolicy, ImageTrunk
 
 ORDERS = ("raster", "any")
 
