@@ -20,7 +20,7 @@ from gfnem_cli.engine.runs import read_saved_config
 DEFAULT = "grammar"      # a recipe without a `family` key, as every schema's default
 RUN_MODULES = {
     "grammar": "grammars.run",
-    # "vae": "vae.run",   (issue 12)
+    "vae": "vae.run",
 }
 
 

@@ -5,8 +5,6 @@ encoder.py       FactorizedEncoder: q(z | x) = Π_cells Cat (or VQ-VAE's per-cel
                  Gumbel-max sampling, log q, exact entropy
 common.py        BaselineMethod (device, step count, private generator, state, validation),
                  decoding embeddings, the prior on straight-through one-hots, the MC ELBO
-checked_step.py  one checked optimizer step (NonFiniteLoss with nothing changed); to be
-                 swapped for the engine's shared one (issue 11) in this one file
 vqvae.py         VQVAEMethod, EMACodebook: nearest code, straight-through, commitment, EMA
 gumbel.py        GumbelSoftmaxMethod: straight-through Gumbel-softmax, annealed temperature
 reinforce.py     ReinforceLOOMethod: score function with a leave-one-out baseline over N samples
@@ -15,7 +13,6 @@ exact_em.py      ExactEMMethod: log p(x) summed over every grid, for grids that 
 Every `validate()` returns val_nll_nats, val_bits_per_dim and val_nll_is_bound (True except
 for exact EM: the ELBO, or VQ-VAE's −log p(x, z*)).
 """
-from vae.training.baselines.checked_step import checked_step
 from vae.training.baselines.encoder import FactorizedEncoder
 from vae.training.baselines.exact_em import ExactEMMethod
 from vae.training.baselines.gumbel import GumbelSoftmaxMethod
@@ -26,4 +23,4 @@ BASELINES = {"vqvae": VQVAEMethod, "gumbel": GumbelSoftmaxMethod,
              "reinforce": ReinforceLOOMethod, "exact_em": ExactEMMethod}
 
 __all__ = ["BASELINES", "FactorizedEncoder", "VQVAEMethod", "EMACodebook",
-           "GumbelSoftmaxMethod", "ReinforceLOOMethod", "ExactEMMethod", "checked_step"]
+           "GumbelSoftmaxMethod", "ReinforceLOOMethod", "ExactEMMethod"]

@@ -15,10 +15,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine import GfnemError, checked_step
 from vae.data.batching import ImageBatch
 from vae.models.prior import AutoregressivePrior
-from vae.training.baselines.checked_step import checked_step
 from vae.training.baselines.encoder import entropy, log_q, sample_codes
 
 VALID_SEED = 12345
@@ -90,8 +89,10 @@ class BaselineMethod:
             module.train()
         images = batch.images.to(self.device)
         loss, report = self.loss(images)
-        metrics = checked_step(loss, self.optimizer, self._all_parameters(), self.grad_clip,
-                               report)
+        norm = checked_step(loss, self.optimizer, self._all_parameters(), self.grad_clip)
+        values = torch.stack([loss.detach().double().reshape(())]
+                             + [v.detach().double().reshape(()) for v in report.values()])
+        metrics = {"grad_norm": norm, **dict(zip(["loss", *report], values.tolist()))}
         self._after_step(images)
         metrics.update(self._step_info())
         self.steps += 1
