@@ -5,45 +5,49 @@ emissions gathered from a (T, V=10000) table), float32, sentence lengths 20 and 
 implementations run the same pipeline: build the log-probabilities from logits, log Z,
 sum().backward() to the logits. Never a timed test: it prints numbers.
 
-Method
-* Time: ours and torch-struct in the same worker process (so same machine state): ours with
-  one warm-up call, then the median (and min) of --repeats calls; torch-struct once (it is
-  30-100x slower; at length 40 it needs about 16 GB, so it runs exactly once). Wall time and
-  the process's CPU time are both reported: on a shared machine, CPU time (with --threads 1)
-  is the robust figure, since OpenMP threads stall when the cores are oversubscribed.
-* Memory: peak resident set size, `resource.getrusage(RUSAGE_SELF).ru_maxrss`, of a fresh
-  worker process, minus the same high-water mark taken after imports and input construction
-  (tracemalloc cannot see torch's CPU allocations; RSS can). Ours is measured in a worker
-  that runs only ours; torch-struct's peak is that of the timing worker, which runs ours first
-  and torch-struct second, so its high-water mark is torch-struct's (ours' is far smaller).
+Method (the shared protocol of `harness.py`)
+* Threads: every worker is a fresh subprocess started with OMP/MKL/OpenBLAS thread variables
+  set to --threads (default 1) before torch loads, plus torch intra- and inter-op threads.
+* Time: in one worker per length, ours, torch-struct and a 2048³ float32 matmul (the rate
+  our FLOPs are compared with) each get one warm-up call, then --repeats (≥ 3) rounds,
+  interleaved; median and min of wall time (and process CPU time) for each. The speed-up is
+  the ratio of medians (min/min beside it). --against REV adds our inside.py as of git
+  revision REV as a fourth candidate (before/after of a change, same process).
+* Load: os.getloadavg() before and after each worker's timings; a warning when above the
+  cores in use.
+* Memory: peak RSS (`ru_maxrss`) of a fresh worker that runs only ours, minus its high-water
+  mark after set-up; torch-struct's is that of the timing worker (it dominates the peak).
 * FLOPs: our GEMM/bmm arithmetic (2 per multiply-add) counted from the algorithm's shapes,
-  forward and the hand-written backward; elementwise work is not counted. Our rate is
-  compared with a 2048³ float32 matmul measured in the same process.
+  forward and the hand-written backward; elementwise work is not counted.
 
-    python3 tests/benchmarks/bench_inside.py [--quick] [--lengths 20 40] [--repeats 5]
-        [--batch 32] [--nonterminals 30] [--preterminals 60] [--threads N] [--force]
+    python3 tests/benchmarks/bench_inside.py [--quick] [--lengths 20 40] [--repeats 3]
+        [--batch 32] [--nonterminals 30] [--preterminals 60] [--threads 1] [--force]
+        [--against REV] [--no-torch-struct] [--json rows.jsonl]
 
---quick (or GFNEM_BENCH_QUICK=1) skips torch-struct at lengths above 20. Without --force,
-torch-struct at length ≥ 40 is skipped when less than 20 GiB of memory is available.
+--quick (or GFNEM_BENCH_QUICK=1): length 8, batch 8, 3 repeats, seconds in all. Without
+--force, torch-struct at length ≥ 40 is skipped when less than 18 GiB of memory is available.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (before torch: the worker pins its threads first)
+
+REPO = harness.REPO
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 TS_BIG_LENGTH = 40          # torch-struct at this length or more needs ~16 GB
 TS_MEM_NEEDED_GIB = 18
+QUICK = dict(lengths=[8], batch=8, repeats=3)
 
 
 # --- worker side ------------------------------------------------------------------------
@@ -75,27 +79,28 @@ def build_params(logits, n, NT, T):
     return PCFGParams(roots, rules, terms, torch.full((B,), n, dtype=torch.long))
 
 
-def run_once(impl, logits, n, NT, T) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of one forward + backward."""
-    for x in logits[:3]:
-        x.grad = None
-    start, cpu = time.perf_counter(), time.process_time()
-    impl(build_params(logits, n, NT, T)).sum().backward()
-    return time.perf_counter() - start, time.process_time() - cpu
+def pipeline(impl, logits, n, NT, T):
+    def run():
+        for x in logits[:3]:
+            x.grad = None
+        impl(build_params(logits, n, NT, T)).sum().backward()
+    return run
 
 
-def matmul_gflops(size=2048, repeats=3) -> float:
+def matmul_call(size=2048):
     import torch
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+    return lambda: a @ b
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def inside_at(rev: str):
+    """grammars/charts/inside.py as of git revision `rev`, imported as a separate module."""
+    src = subprocess.run(["git", "show", f"{rev}:grammars/charts/inside.py"], cwd=REPO,
+                         text=True, capture_output=True, check=True).stdout
+    spec = importlib.util.spec_from_loader(f"inside_at_{rev}", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(src, f"inside.py@{rev}", "exec"), module.__dict__)
+    return module
 
 
 def our_flops(B, n, NT, T) -> tuple[float, float]:
@@ -116,32 +121,34 @@ def our_flops(B, n, NT, T) -> tuple[float, float]:
 
 
 def worker(args) -> dict:
-    import torch
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = harness.pin_threads(args.threads)
     from grammars.charts import inside
     n, NT, T, B = args.length, args.nonterminals, args.preterminals, args.batch
-    out = {"length": n, "threads": torch.get_num_threads(), "mode": args.worker}
+    out = {"length": n, "batch": B, "nonterminals": NT, "preterminals": T, "mode": args.worker,
+           **threads}
     logits = make_logits(B, n, NT, T)
-    if args.worker == "time":
-        out["matmul_gflops"] = matmul_gflops()
     out["rss_setup_mib"] = max_rss_mib()
-    run_once(inside.log_partition, logits, n, NT, T)                    # warm-up
-    runs = [run_once(inside.log_partition, logits, n, NT, T) for _ in range(args.repeats)]
-    out["ours_s"] = statistics.median(r[0] for r in runs)
-    out["ours_min_s"] = min(r[0] for r in runs)
-    out["ours_cpu_s"] = statistics.median(r[1] for r in runs)
-    out["ours_rss_peak_mib"] = max_rss_mib()
-    fwd, bwd = our_flops(B, n, NT, T)
-    out["ours_gflop"] = (fwd + bwd) / 1e9
-    if args.worker == "time" and not args.skip_torch_struct:
-        from grammars.charts import inside_torch_struct
+    if args.worker == "memory":
+        run = pipeline(inside.log_partition, logits, n, NT, T)
+        run()
+        out["ours_rss_peak_mib"] = max_rss_mib()
+        return out
+    fns = {"ours": pipeline(inside.log_partition, logits, n, NT, T)}
+    if args.against:
+        fns[f"ours@{args.against}"] = pipeline(inside_at(args.against).log_partition, logits,
+                                               n, NT, T)
+    if not args.skip_torch_struct:
         import warnings
         warnings.filterwarnings("ignore", message=".*arg_constraints.*")
-        out["ts_rss_before_mib"] = max_rss_mib()
-        out["ts_s"], out["ts_cpu_s"] = run_once(inside_torch_struct.log_partition, logits, n,
-                                                NT, T)
-        out["ts_rss_peak_mib"] = max_rss_mib()
+        from grammars.charts import inside_torch_struct
+        fns["torch-struct"] = pipeline(inside_torch_struct.log_partition, logits, n, NT, T)
+    fns["matmul2048"] = matmul_call()
+    timing = harness.interleaved(fns, args.repeats, warmup=1, cores_in_use=args.threads,
+                                 label=f"length {n}")
+    out.update(timing)
+    out["ts_rss_peak_mib"] = max_rss_mib()
+    fwd, bwd = our_flops(B, n, NT, T)
+    out["ours_gflop"] = (fwd + bwd) / 1e9
     return out
 
 
@@ -158,16 +165,38 @@ def available_gib() -> float:
 
 def spawn(args, mode: str, length: int, skip_ts: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--length", str(length),
-           "--repeats", str(args.repeats), "--batch", str(args.batch),
-           "--nonterminals", str(args.nonterminals), "--preterminals", str(args.preterminals)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+           "--repeats", str(args.repeats), "--batch", str(args.batch), "--threads",
+           str(args.threads), "--nonterminals", str(args.nonterminals),
+           "--preterminals", str(args.preterminals)]
     if skip_ts:
         cmd.append("--skip-torch-struct")
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if args.against and mode == "time":
+        cmd += ["--against", args.against]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                          env=harness.worker_env(args.threads))
     if done.returncode != 0:
         raise RuntimeError(f"worker {mode} n={length} failed:\n{done.stderr}")
+    sys.stdout.write(done.stdout.rsplit("\n", 2)[0] + "\n" if done.stdout.count("\n") > 1
+                     else "")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def derive(row: dict) -> dict:
+    st = row["stats"]
+    mm = 2 * 2048 ** 3 / 1e9
+    row["matmul_gflops_median"] = mm / st["matmul2048"]["median_s"]
+    row["matmul_gflops_best"] = mm / st["matmul2048"]["min_s"]
+    for name in [k for k in st if k.startswith("ours")]:
+        rate = row["ours_gflop"] / st[name]["median_s"]
+        row[f"{name}_gflops_median"] = rate
+        row[f"{name}_share_of_matmul_median"] = rate / row["matmul_gflops_median"]
+        row[f"{name}_share_of_matmul_best"] = (row["ours_gflop"] / st[name]["min_s"]
+                                               / row["matmul_gflops_best"])
+    if "torch-struct" in st:
+        row["speedup_vs_torch_struct"] = harness.ratio(st, "torch-struct", "ours")
+    if row.get("against"):
+        row["speedup_vs_against"] = harness.ratio(st, f"ours@{row['against']}", "ours")
+    return row
 
 
 def main(argv=None) -> int:
@@ -176,11 +205,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--nonterminals", type=int, default=30)
     p.add_argument("--preterminals", type=int, default=60)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in workers")
-    p.add_argument("--quick", action="store_true", help="skip torch-struct above length 20")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=harness.default_threads(), help="every thread pool of the workers")
+    p.add_argument("--quick", action="store_true", help="length 8, batch 8: seconds")
     p.add_argument("--force", action="store_true", help="run torch-struct at length ≥ 40 "
                    "even with little free memory")
+    p.add_argument("--no-torch-struct", action="store_true")
+    p.add_argument("--against", help="also time grammars/charts/inside.py at this git rev")
+    p.add_argument("--json", help="append the rows to this JSON-lines file")
     p.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
     p.add_argument("--skip-torch-struct", action="store_true", help=argparse.SUPPRESS)
@@ -188,49 +220,57 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-
-    quick = args.quick or os.environ.get("GFNEM_BENCH_QUICK") == "1"
+    if harness.quick_mode(args.quick):
+        p.set_defaults(**QUICK)
+        args = p.parse_args(argv)
+    if args.repeats < harness.MIN_REPEATS:
+        p.error(f"--repeats must be at least {harness.MIN_REPEATS}")
     print(f"inside benchmark: NT={args.nonterminals} T={args.preterminals} batch={args.batch} "
-          f"float32, forward+backward; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs")
-    rows = []
+          f"float32, forward+backward, {args.threads} thread(s), {args.repeats} interleaved "
+          f"repeats; load average {harness.load()} on {harness.os.cpu_count()} CPUs", flush=True)
     for n in args.lengths:
-        skip_ts, why = False, ""
-        if quick and n > 20:
-            skip_ts, why = True, "--quick"
-        elif n >= TS_BIG_LENGTH and not args.force and available_gib() < TS_MEM_NEEDED_GIB:
+        skip_ts, why = args.no_torch_struct, "--no-torch-struct" if args.no_torch_struct else ""
+        if not skip_ts and n >= TS_BIG_LENGTH and not args.force \
+                and available_gib() < TS_MEM_NEEDED_GIB:
             skip_ts, why = True, f"only {available_gib():.1f} GiB available (--force to run)"
+        start = time.perf_counter()
         timing = spawn(args, "time", n, skip_ts)
         memory = spawn(args, "memory", n, True)
-        row = {**timing, "ours_rss_peak_mib": memory["ours_rss_peak_mib"],
-               "ours_rss_setup_mib": memory["rss_setup_mib"], "ts_skipped": why}
-        rows.append(row)
-        report(row, args)
-    print(json.dumps({"bench": "inside", "rows": rows}))
+        row = derive({"bench": "inside", **timing, "against": args.against,
+                      "ours_rss_peak_mib": memory["ours_rss_peak_mib"],
+                      "ours_rss_setup_mib": memory["rss_setup_mib"], "ts_skipped": why,
+                      "seconds": time.perf_counter() - start})
+        report(row)
+        harness.emit(row, args.json)
     return 0
 
 
-def report(r: dict, args) -> None:
+def report(r: dict) -> None:
+    st = r["stats"]
+    print(f"\nlength {r['length']} ({r['intra_op_threads']} intra-op / {r['inter_op_threads']} "
+          f"inter-op threads, OMP {r['omp_num_threads']}, MKL {r['mkl_num_threads']}); load "
+          f"{r['load_before']} before, {r['load_after']} after")
+    for name, s in st.items():
+        print(f"  {name:14s} median {s['median_s']:9.4f} s  min {s['min_s']:9.4f} s  "
+              f"CPU median {s['cpu_median_s']:9.4f} s  samples {s['wall_s']}")
+    for name in [k for k in st if k.startswith("ours")]:
+        print(f"  {name} {r['ours_gflop']:.2f} GFLOP fwd+bwd -> {r[name + '_gflops_median']:.1f}"
+              f" GFLOP/s = {100 * r[name + '_share_of_matmul_median']:.0f}% of the 2048³ matmul "
+              f"(median {r['matmul_gflops_median']:.0f} GFLOP/s; best/best "
+              f"{100 * r[name + '_share_of_matmul_best']:.0f}%)")
     ours_mem = r["ours_rss_peak_mib"] - r["ours_rss_setup_mib"]
-    rate = r["ours_gflop"] / r["ours_s"]
-    print(f"\nlength {r['length']} ({r['threads']} threads)")
-    print(f"  ours         {r['ours_s']:8.3f} s median of {args.repeats} "
-          f"(min {r['ours_min_s']:.3f}, "
-          f"CPU {r['ours_cpu_s']:.3f} s)   peak RSS {r['ours_rss_peak_mib']:6.0f} MiB "
-          f"(+{ours_mem:.0f} over setup)")
-    print(f"  ours FLOPs   {r['ours_gflop']:8.2f} GFLOP fwd+bwd -> {rate:.1f} GFLOP/s = "
-          f"{100 * rate / r['matmul_gflops']:.0f}% of a 2048³ matmul ({r['matmul_gflops']:.0f} "
-          f"GFLOP/s here)")
-    if "ts_s" not in r:
+    print(f"  ours peak RSS {r['ours_rss_peak_mib']:.0f} MiB (+{ours_mem:.0f} over set-up)")
+    if r.get("speedup_vs_against"):
+        s = r["speedup_vs_against"]
+        print(f"  ours vs ours@{r['against']}: {s['speedup_median']:.2f}x (medians), "
+              f"{s['speedup_min']:.2f}x (mins)")
+    if "speedup_vs_torch_struct" not in r:
         print(f"  torch-struct skipped: {r['ts_skipped'] or 'not run'}")
         return
-    ts_mem = r["ts_rss_peak_mib"] - r["ts_rss_before_mib"]
-    print(f"  torch-struct {r['ts_s']:8.3f} s (one run, CPU {r['ts_cpu_s']:.3f} s)"
-          f"          peak RSS {r['ts_rss_peak_mib']:6.0f} MiB (+{ts_mem:.0f} over its start)")
-    print(f"  speed-up {r['ts_s'] / r['ours_s']:.1f}x wall, {r['ts_cpu_s'] / r['ours_cpu_s']:.1f}x "
-          f"CPU (target ≥ 20x); peak RSS ratio "
-          f"ours/torch-struct {r['ours_rss_peak_mib'] / r['ts_rss_peak_mib']:.3f} absolute, "
-          f"{ours_mem / max(ts_mem, 1e-9):.4f} above baseline (target ≤ 0.25)")
+    s = r["speedup_vs_torch_struct"]
+    print(f"  torch-struct peak RSS {r['ts_rss_peak_mib']:.0f} MiB (timing worker)")
+    print(f"  speed-up over torch-struct {s['speedup_median']:.1f}x (medians), "
+          f"{s['speedup_min']:.1f}x (mins), {s['speedup_cpu_median']:.1f}x (CPU medians)")
 
 
 if __name__ == "__main__":

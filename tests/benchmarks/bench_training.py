@@ -1,57 +1,75 @@
 """Training throughput of the exact-marginal N-PCFG (sentences/s) on the PTB sample.
 
 Kim et al. (2019)'s sizes (NT=30, T=60, embeddings 256, batch 4, training sentences of at
-most 40 words), fused Adam, the same batches for both inside backends, measured in the same
-process: ours against torch-struct's `SentCFG`. Skips with a reason when the shared PTB
-sample is absent. Never a timed test.
+most 40 words), fused Adam, the same batches for both inside backends. The shared protocol
+(`harness.py`): threads pinned (--threads, default 1, OpenMP/MKL variables set before torch
+loads), one warm-up of two steps per backend, then --repeats (≥ 3) rounds interleaved in one
+process, each round training a fresh model (seed 0) over the same --steps batches with ours
+and with torch-struct's `SentCFG`; median and min of each, the ratio from medians. Skips with
+a reason when the shared PTB sample is absent. Never a timed test.
 
-    python3 tests/benchmarks/bench_training.py [--steps 40] [--threads 1]
+    python3 tests/benchmarks/bench_training.py [--steps 10] [--repeats 3] [--threads 1]
+        [--max-length 40] [--quick] [--json rows.jsonl]
+
+--quick (or GFNEM_BENCH_QUICK=1): 3 steps of sentences ≤ 12 words, seconds.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+harness.set_thread_env(harness.threads_from_argv())
+REPO = harness.REPO
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 PTB = REPO.parent / "shared" / "data" / "ptb-sample"
+QUICK = dict(steps=3, max_length=12)
 
 
-def throughput(backend_name: str, batches, vocab_size: int) -> tuple[float, float]:
-    from grammars.training.exact_marginal import make_adam
+def trainer(backend_name: str, batches, vocab_size: int):
+    """A call that trains a fresh model (seed 0) over `batches`; returns the sentence count."""
+    import torch
     from grammars.charts.backends import get_backend
     from grammars.models import build_grammar
+    from grammars.training.exact_marginal import make_adam
 
-    model = build_grammar("npcfg", vocab_size, seed=0)
     backend = get_backend(backend_name)
-    optimizer = make_adam(model.parameters(), 1e-3, (0.75, 0.999))
-    sentences = 0
-    start = time.perf_counter()
-    for batch in batches:
-        loss = -model.log_marginal(batch.ids, batch.lengths, backend).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
-        optimizer.step()
-        sentences += len(batch)
-    seconds = time.perf_counter() - start
-    return sentences / seconds, seconds
+
+    def run() -> int:
+        model = build_grammar("npcfg", vocab_size, seed=0)
+        optimizer = make_adam(model.parameters(), 1e-3, (0.75, 0.999))
+        for batch in batches:
+            loss = -model.log_marginal(batch.ids, batch.lengths, backend).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+            optimizer.step()
+        return sum(len(b) for b in batches)
+    return run
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=harness.default_threads(), help="every thread pool")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-torch-struct", action="store_true")
+    parser.add_argument("--json", help="append the row to this JSON-lines file")
+    args = parser.parse_args(argv)
+    if harness.quick_mode(args.quick):
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args(argv)
+    threads = harness.pin_threads(args.threads)
     if not PTB.is_dir():
         print(f"skipped: the PTB sample is not at {PTB}")
+        harness.emit({"bench": "training", "skipped": f"no PTB sample at {PTB}"}, args.json)
         return 0
     import warnings
 
@@ -65,20 +83,33 @@ def main() -> int:
         loaded = load_corpus(Path(tmp) / "ptb")
         train_ids = loaded.column("train", "ids")
         vocab_size = len(loaded.vocab)
-    steps = 10 if os.environ.get("GFNEM_BENCH_QUICK") else args.steps
-    batches = BucketedSchedule(train_ids, 4, seed=0, max_length=40).epoch_batches(0)[:steps]
+    schedule = BucketedSchedule(train_ids, 4, seed=0, max_length=args.max_length)
+    batches = schedule.epoch_batches(0)[:args.steps]
     words = sum(int(b.lengths.sum()) for b in batches)
-    print(f"N-PCFG NT=30 T=60 V={vocab_size}, batch 4, {steps} steps ({words} words), "
-          f"{torch.get_num_threads()} threads")
-    throughput("ours", batches[:2], vocab_size)  # warm-up
-    ours, ours_s = throughput("ours", batches, vocab_size)
-    print(f"  ours:         {ours:7.2f} sentences/s ({ours_s:.1f} s)")
-    if os.environ.get("GFNEM_BENCH_QUICK"):
-        print("  torch-struct: skipped in quick mode")
-        return 0
-    ref, ref_s = throughput("torch-struct", batches, vocab_size)
-    print(f"  torch-struct: {ref:7.2f} sentences/s ({ref_s:.1f} s)")
-    print(f"  ratio ours / torch-struct: {ours / ref:.1f}x")
+    sentences = sum(len(b) for b in batches)
+    print(f"N-PCFG NT=30 T=60 V={vocab_size}, batch 4, {len(batches)} steps ({sentences} "
+          f"sentences, {words} words, length ≤ {args.max_length}), threads {threads}, "
+          f"{args.repeats} interleaved repeats; load {harness.load()}", flush=True)
+    names = ["ours"] + ([] if args.no_torch_struct else ["torch-struct"])
+    fns = {k: trainer(k, batches, vocab_size) for k in names}
+    warm = {k: trainer(k, batches[:2], vocab_size) for k in names}
+    timing = harness.interleaved(fns, args.repeats, warmup=1, cores_in_use=args.threads,
+                                 label="training", warm=warm)
+    row = {"bench": "training", "steps": len(batches), "sentences": sentences, "words": words,
+           "max_length": args.max_length, "vocab": vocab_size, **threads, **timing}
+    for name, s in timing["stats"].items():
+        row[f"{name}_sentences_per_s_median"] = sentences / s["median_s"]
+        row[f"{name}_sentences_per_s_best"] = sentences / s["min_s"]
+        print(f"  {name:13s} {sentences / s['median_s']:8.2f} sentences/s from the median "
+              f"{s['median_s']:.2f} s (min {s['min_s']:.2f} s: {sentences / s['min_s']:.2f}/s); "
+              f"samples {s['wall_s']}")
+    if "torch-struct" in timing["stats"]:
+        row["speedup_vs_torch_struct"] = harness.ratio(timing["stats"], "torch-struct", "ours")
+        r = row["speedup_vs_torch_struct"]
+        print(f"  ours / torch-struct: {r['speedup_median']:.1f}x (medians), "
+              f"{r['speedup_min']:.1f}x (mins)")
+    print(f"  load {timing['load_before']} before, {timing['load_after']} after")
+    harness.emit(row, args.json)
     return 0
 
 

@@ -15,6 +15,12 @@ trajectories of a fixed length (default: the paper's size, 32 × 4, 20 words, sa
               the real reward log p_θ(x, z) (preterminals summed out) + TB loss + backward,
               M-step draw (B × 1 trees) + log_joint + backward, and both optimizer steps
 
+Timing follows the shared protocol (`harness.py`): threads pinned (--threads, default 1: the
+OpenMP/MKL variables are set before torch loads, then intra- and inter-op threads), one
+warm-up call each, then --repeats (≥ 3) rounds in which the four measurements above are
+interleaved; median and min of each (rates from the median), load before/after with a
+warning above the cores in use, and a `BENCH-ROW` JSON line for `run_all.py`.
+
 `--profile` prints a torch.profiler table, `--cprofile` a cProfile summary (Python side), of one
 train step and/or one EM step (`--profile-step`). In the sampler, time should sit in tensor ops
 (linear / attention / their backward) and the only Python loop is over the n-1 steps, never over
@@ -22,7 +28,7 @@ sentences. GFNEM_BENCH_QUICK=1 (`run_all.py --quick`) shrinks the defaults (d=64
 batch 8 of 10 words, vocab 1000, symbol_dim 64) so the run takes seconds; flags still override.
 
     python tests/benchmarks/bench_tree_sampler.py [--device cpu] [--batch 32] [--per-input 4]
-        [--length 20] [--d-model 512] [--layers 6] [--heads 4] [--repeats 2]
+        [--length 20] [--d-model 512] [--layers 6] [--heads 4] [--repeats 3] [--threads 1]
         [--reference-sentences 8] [--profile] [--profile-step train|em|both]
 """
 from __future__ import annotations
@@ -34,18 +40,26 @@ import json
 import math
 import os
 import pstats
-import time
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 
-from grammars.data.batching import make_batch
-from grammars.training.em_methods import build_em_method
-from grammars.gflownet import TreeSampler
-from grammars.recipe import GRAMMAR_DEFAULTS
-from grammars.run import build_model, inside_backend
+harness.set_thread_env(harness.threads_from_argv())
+if str(harness.REPO) not in sys.path:
+    sys.path.insert(0, str(harness.REPO))
+
+import torch  # noqa: E402
+
+from grammars.data.batching import make_batch  # noqa: E402
+from grammars.training.em_methods import build_em_method  # noqa: E402
+from grammars.gflownet import TreeSampler  # noqa: E402
+from grammars.recipe import GRAMMAR_DEFAULTS  # noqa: E402
+from grammars.run import build_model, inside_backend  # noqa: E402
 
 QUICK_DEFAULTS = dict(batch=8, length=10, d_model=64, layers=2, vocab=1000, symbol_dim=64,
-                      repeats=1)
+                      repeats=3)
 
 
 class ChainReward:
@@ -120,22 +134,23 @@ def bench_device(args, device: torch.device) -> dict:
         if metrics["mstep"] != 1.0:    # a sanity check on the set-up, not on the timing
             raise RuntimeError("the EM step skipped its M-step despite threshold +inf")
 
-    def timed(fn) -> float:
-        fn()                       # warm-up (allocator, kernels)
-        sync(device)
-        best = float("inf")
-        for _ in range(args.repeats):
-            start = time.perf_counter()
+    def synced(fn):
+        def run():
             fn()
             sync(device)
-            best = min(best, time.perf_counter() - start)
-        return best
+        return run
 
-    sample_s = timed(sample_only)
-    loop_s = timed(sample_one_by_one) * args.batch / k_ref
-    train_s = timed(train_step)
-    em_s = timed(em_step)
+    timing = harness.interleaved(
+        {"sample": synced(sample_only), "reference_loop": synced(sample_one_by_one),
+         "train_step": synced(train_step), "em_step": synced(em_step)},
+        args.repeats, warmup=1, cores_in_use=args.threads, label=f"tree sampler {device}")
+    st = timing["stats"]
+    sample_s = st["sample"]["median_s"]
+    loop_s = st["reference_loop"]["median_s"] * args.batch / k_ref
+    train_s = st["train_step"]["median_s"]
+    em_s = st["em_step"]["median_s"]
     result = {
+        "bench": "tree_sampler", **harness.thread_info(), **timing,
         "device": str(device), "threads": torch.get_num_threads(),
         "quick": args.quick,
         "batch": args.batch, "per_input": args.per_input, "length": args.length,
@@ -148,6 +163,8 @@ def bench_device(args, device: torch.device) -> dict:
         "reference_loop_sentences_timed": k_ref,
         "reference_loop_sample_seconds_scaled_to_batch": round(loop_s, 4),
         "batched_speedup_vs_loop": round(loop_s / sample_s, 2),
+        "batched_speedup_vs_loop_min": round(
+            st["reference_loop"]["min_s"] * args.batch / k_ref / st["sample"]["min_s"], 2),
         "train_step_seconds": round(train_s, 4),
         "train_trajectories_per_second": round(rows / train_s, 1),
         "em_step_seconds": round(em_s, 4),
@@ -193,10 +210,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--preterminals", type=int, default=60, help="N-PCFG of the EM step")
     p.add_argument("--symbol-dim", type=int, default=256, help="N-PCFG of the EM step")
     p.add_argument("--learn-backward", action="store_true")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-sentences", type=int, default=8,
                    help="sentences timed in the one-by-one reference loop (scaled to --batch)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU")
+    p.add_argument("--threads", type=int, default=harness.default_threads(), help="every CPU thread pool")
+    p.add_argument("--json", help="append the rows to this JSON-lines file")
     p.add_argument("--profile", action="store_true", help="torch.profiler table(s)")
     p.add_argument("--cprofile", action="store_true", help="cProfile summary(ies)")
     p.add_argument("--profile-step", choices=("train", "em", "both"), default="both",
@@ -208,13 +226,17 @@ def main(argv=None) -> list[dict]:
         p.set_defaults(**QUICK_DEFAULTS)
     args = p.parse_args(argv)
     args.quick = quick
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.pin_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     results = []
     for name in devices:
         result = bench_device(args, torch.device(name))
-        print(json.dumps(result))
+        print(json.dumps({k: v for k, v in result.items()
+                          if k not in ("stats", "load_warnings")}))
+        for k, v in result["stats"].items():
+            print(f"  {k:15s} median {v['median_s']:.4f} s  min {v['min_s']:.4f} s  "
+                  f"samples {v['wall_s']}")
+        harness.emit(result, args.json)
         results.append(result)
     return results
 
