@@ -98,7 +98,16 @@ def evaluate(
 ) -> None:
     """Unlabeled bracketing F1 (DESIGN §6): width-1 and whole-sentence spans dropped, 1-word
     sentences skipped, sentence F1 (mean per sentence) and corpus F1 (pooled counts).
+
+    For an image run or image set: the importance-sampled test NLL (--samples M, 0 = 5000),
+    also at M = 1 and M = 100, with the true NLL of a shapes set.
     """
+    from gfnem_cli.commands import images
+
+    if images.is_image_run(run) or images.is_image_data(data):   # test NLL of an image run
+        images.evaluate_images(run, data, split, samples, json_out, seed, checkpoint,
+                               batch_size, device)
+        return
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from grammars.data.corpus import load_corpus

@@ -31,11 +31,19 @@ def parse(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (lowest validation NLL) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Parse sentences with a trained grammar and write bracketed trees.
+    """Parse sentences with a trained grammar and write bracketed trees; for an image run
+    (--input a prepared image set), write codes.jsonl: each image's most probable of
+    --samples sampled code grids with log p(x, z) and log q(z | x).
 
     Nonterminals are written NT-k, preterminals T-k (Viterbi) or T; unknown words map to
     <unk> inside the model only. The output reads back with `gfnem evaluate --pred`.
     """
+    from gfnem_cli.commands import images
+
+    if images.is_image_run(run):        # an image run: each image's best sampled code grid
+        images.parse_images(run, input, split, out, samples, batch_size, 0, checkpoint,
+                            device)
+        return
     from rich.progress import Progress
 
     from gfnem_cli import families

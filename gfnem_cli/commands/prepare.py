@@ -1,4 +1,4 @@
-"""`gfnem prepare ptb|text|synthetic`: turn trees or raw text into a saved corpus.
+"""`gfnem prepare ptb|text|synthetic|shapes|mnist`: corpora from trees or raw text, image sets.
 
 Options and rendering only; reading, cleaning, splitting and encoding live in
 `grammars.data.corpus`. Heavy imports (datasets) happen inside the commands.
@@ -14,7 +14,7 @@ from gfnem_cli.commands.checks import at_least
 from gfnem_cli.console import console, friendly_errors, warn
 
 app = typer.Typer(
-    help="Prepare corpora: PTB-style treebanks, raw text, or a synthetic treebank.",
+    help="Prepare corpora (PTB-style treebanks, raw text, a synthetic treebank) or binary image sets (shapes, MNIST).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -188,3 +188,73 @@ def synthetic(
     corpus.manifest["synthetic"] = {"num_sentences": num_sentences, "max_length": max_length,
                                     "seed": seed}
     _finish(corpus, out, {"grammar.json": sampler.true_grammar_json()})
+
+
+IMAGE_OUT = typer.Option(..., "--out", "-o", help="Output directory for the image set (a "
+                         "datasets DatasetDict plus manifest.json with checksums). An existing "
+                         "prepared set there is replaced; any other non-empty directory is "
+                         "refused.")
+
+
+def _image_summary(manifest: dict, out: Path) -> None:
+    from rich.markup import escape
+
+    sizes = ", ".join(f"{name} {s['images']:,}" for name, s in manifest["splits"].items())
+    line = (f"[bold green]prepared[/] {manifest['kind']} ({manifest['protocol']}) "
+            f"{manifest['image_shape'][0]}x{manifest['image_shape'][1]} images: {sizes} "
+            f"-> {escape(str(out))}")
+    if manifest.get("true_nll", {}).get("test") is not None:
+        line += f"; true test NLL {manifest['true_nll']['test']:.3f} nats/image"
+    console.print(line, highlight=False, soft_wrap=True)
+    for note in manifest.get("notes", []):
+        console.print(f"[dim]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+@app.command("shapes")
+@friendly_errors
+def shapes(
+    out: Path = IMAGE_OUT,
+    train: int = typer.Option(10000, "--train", help="Training images (>= 0)."),
+    valid: int = typer.Option(1000, "--valid", help="Validation images (>= 0)."),
+    test: int = typer.Option(1000, "--test", help="Test images (>= 0)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same images."),
+) -> None:
+    """Binary 28x28 images from a known discrete-latent model (a 4x4 grid of K = 4 stroke
+    codes with a Markov-chain prior, pixel noise); the exact NLL is stored as the floor."""
+    from vae.data import prepare_shapes
+    from vae.data.disk import check_output_dir
+
+    for option, value in (("--train", train), ("--valid", valid), ("--test", test)):
+        at_least(option, value, 0)
+    at_least("--seed", seed, 0)
+    check_output_dir(out)
+    manifest = prepare_shapes(out, {"train": train, "valid": valid, "test": test}, seed)
+    _image_summary(manifest, out)
+
+
+@app.command("mnist")
+@friendly_errors
+def mnist(
+    path: Path = typer.Argument(..., help="threshold: the folder of the four gzipped IDX "
+                                "files; static: binarized_mnist_uint8.npz or its folder."),
+    out: Path = IMAGE_OUT,
+    protocol: str = typer.Option("threshold", "--protocol", help="threshold (grey/255 > 0.5, "
+                                 "60k/10k, the paper's) or static (Larochelle & Murray, "
+                                 "50k/10k/10k, checksums checked)."),
+    valid_size: int = typer.Option(5000, "--valid-size", help="threshold: training images "
+                                   "held out for validation (fixed seed); 0 keeps the paper's "
+                                   "60k."),
+) -> None:
+    """Binary MNIST, every defect of the input a one-line error before anything is written."""
+    from vae.data import prepare_mnist
+    from vae.data.disk import check_output_dir
+    from vae.data.mnist import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        from gfnem_cli.engine.errors import GfnemError
+
+        raise GfnemError(f"unknown --protocol {protocol!r}", hint="use threshold or static")
+    at_least("--valid-size", valid_size, 0, "0 keeps every training image")
+    check_output_dir(out)
+    manifest = prepare_mnist(path, out, protocol, valid_size)
+    _image_summary(manifest, out)

@@ -53,8 +53,19 @@ def sample(
                                     "tree in the terminal as well as its bracketed string."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Image runs: the PNG to "
+                                       "write (prior samples, or with --input DIR inputs "
+                                       "beside reconstructions)."),
+    split: str = typer.Option("test", "--split", help="Image runs with --input DIR: which "
+                              "split of the prepared image set."),
+    per_image: int = typer.Option(4, "--per-image", help="Image runs with --input: posterior "
+                                  "samples reconstructed per image (>= 1)."),
 ) -> None:
     """Draw samples from a trained model.
+
+    Image runs: `-n 64 --out grid.png` writes decoder means of prior samples;
+    `--input DIR --split test -n 16 --out recon.png` each input beside reconstructions from
+    posterior samples.
 
     With --from-model: sentences and their trees from the grammar. With --sentence or --input:
     parse trees from the posterior p(z | x) (exact for context-free grammars, the trained
@@ -63,7 +74,18 @@ def sample(
     import torch
     from rich.markup import escape
 
+    from gfnem_cli.commands import images
     from gfnem_cli.engine.errors import GfnemError
+
+    if images.is_image_run(run):
+        if sentence is not None or from_model:
+            raise GfnemError("an image run draws prior samples (no option) or reconstructions "
+                             "(--input DIR); --sentence and --from-model are for grammars")
+        images.sample_images(run, n, input, split, out, per_image, seed, checkpoint, device)
+        return
+    if out is not None:
+        raise GfnemError("--out writes the PNG of an image run; a grammar run prints its "
+                         "samples", hint="drop --out")
     from grammars.data.batching import make_batch
     from grammars.data.inputs import run_prepare_options
     from gfnem_cli import families

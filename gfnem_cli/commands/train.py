@@ -25,7 +25,7 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a grammar by exact marginal likelihood, the ELBO, or GFlowNet-EM.
+    """Train a grammar or a discrete VAE (recipe `family`) by GFlowNet-EM or a baseline.
 
     Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with code
     130; `--resume` then continues exactly. The run directory is never deleted.
@@ -54,9 +54,13 @@ def train(
     elif report.get("nonfinite_steps_skipped"):
         warn(f"{report['nonfinite_steps_skipped']} steps with non-finite losses were skipped")
     best = report.get("best", {})
+    image = families.family_of_recipe(recipe, overrides or []) == "vae"
     console.print(f"[bold green]done[/]: {report['steps']} steps ({report['model_updates']} "
-                  f"grammar updates) in {report['train_seconds']} s; "
+                  f"{'model' if image else 'grammar'} updates) in {report['train_seconds']} s; "
                   + (f"best val NLL/token {best['val_nll_per_token']:.4f} at step "
                      f"{report['best_step']}; " if best.get("val_nll_per_token") is not None
                      else "")
+                  + (f"best val NLL {best['val_nll_nats']:.3f} nats/image at step "
+                     f"{report['best_step']}; " if image and best.get("val_nll_nats")
+                     is not None else "")
                   + f"run in {escape(str(out))}", highlight=False, soft_wrap=True)
