@@ -5,7 +5,9 @@ data/          MNIST (threshold, static), the shapes set from a known model, dis
                load_image_set, batching
 models/        decoder, priors (uniform, autoregressive), DiscreteVAE: log p(x, z)
 gflownet/      the grid GFlowNet: state, image trunk + policy, raster / any-order sampler
-
-Not built yet (the rest of issue 12): training/ (family, EM methods, baselines),
-inference/, evaluation/, recipe.py, run.py.
+training/      ImageFamily (the engine's SamplerFamily), em_methods (recipe -> Method),
+               baselines (VQ-VAE, Gumbel-softmax, REINFORCE-LOO, exact EM)
+inference/     a trained run on images: proposals, prior samples, reconstructions, codes, NLL
+evaluation/    importance-sampled NLL, PNG mosaics
+recipe.py      the recipe schema (family vae)     run.py  train_run / load_run
 """
