@@ -135,6 +135,12 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
     if run is None:
         raise GfnemError("an image set is evaluated with a trained RUN",
                          hint="gfnem evaluate RUN --data DIR")
+    if not is_image_run(run):
+        raise GfnemError("an image set is evaluated with an image run (family vae); this run "
+                         "is not one", run, hint="give a corpus with --data for a grammar run")
+    if not is_image_data(data):
+        raise GfnemError("an image run is evaluated on a prepared image set", data,
+                         hint="create one with `gfnem prepare shapes` or `gfnem prepare mnist`")
     at_least("--samples", samples, 0, f"0 means M={DEFAULT_SAMPLES}")
     at_least("--batch-size", batch_size, 1)
     checkpoint_name(checkpoint)

@@ -180,6 +180,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, shapes, runner, cli_
     refused(runner, cli_app, "is a directory", "evaluate", run, "--data", shapes, "--json",
             tmp_path / "keep")
     refused(runner, cli_app, "trained RUN", "evaluate", "--data", shapes)
+    refused(runner, cli_app, "prepared image set", "evaluate", run, "--data", tmp_path / "keep")
     refused(runner, cli_app, "data.valid_split='nope'", "train", REPO / "recipes" / "shapes-gumbel.yaml",
             "--out", tmp_path / "r2", "--set", "data.valid_split=nope", "--set",
             f"data.path={shapes}")
