@@ -9,7 +9,7 @@ and with torch-struct's `SentCFG`; median and min of each, the ratio from median
 a reason when the shared PTB sample is absent. Never a timed test.
 
     python3 tests/benchmarks/bench_training.py [--steps 10] [--repeats 3] [--threads 1]
-        [--max-length 40] [--quick] [--json rows.jsonl]
+        [--max-length 40] [--quick] [--against REV] [--json rows.jsonl]
 
 --quick (or GFNEM_BENCH_QUICK=1): 3 steps of sentences ≤ 12 words, seconds.
 """
@@ -38,7 +38,13 @@ def trainer(backend_name: str, batches, vocab_size: int):
     from grammars.models import build_grammar
     from grammars.training.exact_marginal import make_adam
 
-    backend = get_backend(backend_name)
+    if "@" in backend_name:                   # ours at an older revision: --against REV
+        from bench_inside import inside_at
+        from grammars.charts.backends import InsideBackend
+        old = inside_at(backend_name.split("@", 1)[1])
+        backend = InsideBackend(old.log_partition, old.span_marginals, None)
+    else:
+        backend = get_backend(backend_name)
 
     def run() -> int:
         model = build_grammar("npcfg", vocab_size, seed=0)
@@ -61,6 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=harness.default_threads(), help="every thread pool")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-torch-struct", action="store_true")
+    parser.add_argument("--against", help="also train with grammars/charts/inside.py at this "
+                        "git revision (before/after of a change, interleaved)")
     parser.add_argument("--json", help="append the row to this JSON-lines file")
     args = parser.parse_args(argv)
     if harness.quick_mode(args.quick):
@@ -90,7 +98,8 @@ def main(argv=None) -> int:
     print(f"N-PCFG NT=30 T=60 V={vocab_size}, batch 4, {len(batches)} steps ({sentences} "
           f"sentences, {words} words, length ≤ {args.max_length}), threads {threads}, "
           f"{args.repeats} interleaved repeats; load {harness.load()}", flush=True)
-    names = ["ours"] + ([] if args.no_torch_struct else ["torch-struct"])
+    names = ["ours"] + ([f"ours@{args.against}"] if args.against else []) \
+        + ([] if args.no_torch_struct else ["torch-struct"])
     fns = {k: trainer(k, batches, vocab_size) for k in names}
     warm = {k: trainer(k, batches[:2], vocab_size) for k in names}
     timing = harness.interleaved(fns, args.repeats, warmup=1, cores_in_use=args.threads,
@@ -108,6 +117,11 @@ def main(argv=None) -> int:
         r = row["speedup_vs_torch_struct"]
         print(f"  ours / torch-struct: {r['speedup_median']:.1f}x (medians), "
               f"{r['speedup_min']:.1f}x (mins)")
+    if args.against:
+        row["speedup_vs_against"] = harness.ratio(timing["stats"], f"ours@{args.against}", "ours")
+        r = row["speedup_vs_against"]
+        print(f"  ours / ours@{args.against}: {r['speedup_median']:.2f}x (medians), "
+              f"{r['speedup_min']:.2f}x (mins)")
     print(f"  load {timing['load_before']} before, {timing['load_after']} after")
     harness.emit(row, args.json)
     return 0
