@@ -17,6 +17,8 @@
     importance.py   the importance-sampled log-likelihood estimate in float64 with its error
     recipe_schema.py, config.py   recipe keys with ranges; recipes, --set, saved configs
     files.py        atomic writes; errors.py: GfnemError, the one-line user error
+    prepared.py     prepared data sets on disk (corpora, image sets): written whole, swapped
+                    in atomically, every file checksummed in the manifest and checked on load
 
 Families import the public contract from here (`from gfnem_cli.engine import EMLoop`). The
 names are loaded on first use (PEP 562), so importing one light module (errors, files) from

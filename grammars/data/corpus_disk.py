@@ -11,16 +11,12 @@ Arrow file for them) and load as empty datasets; a command that names one is ref
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from gfnem_cli.engine import prepared
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.files import check_writable_dir, os_error
 from grammars.data.vocabulary import Vocabulary
 
 MANIFEST_FORMAT = 1
@@ -55,146 +51,25 @@ def to_dataset_dict(corpus):       # a `corpus.PreparedCorpus`
 
 
 def check_output_dir(out: Path) -> None:
-    """Refuse, before any input is read, to replace anything but an empty directory or an
-    earlier prepared corpus, and an output whose parent cannot be written (the corpus is
-    built in a sibling there and renamed into place)."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
-                                               or (out / "manifest.json").is_file())):
-        raise GfnemError("exists and is not a prepared corpus; refusing to overwrite it", out,
-                         hint="choose another --out")
-    existing = out.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise GfnemError("a parent of this path is a file, not a directory", out)
-    check_writable_dir(existing, out)
-
-
-def file_checksums(root: Path) -> dict[str, dict]:
-    """Size and sha256 of every file under `root` but the manifest, by relative path."""
-    out = {}
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        if relative != "manifest.json":
-            out[relative] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-    return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Refuse, before any input is read, an --out that is not empty, not a corpus, or not
+    writable (`engine.prepared`)."""
+    prepared.check_output_dir(out, "corpus")
 
 
 def save_corpus(corpus, out: Path, extra_files: dict[str, object] | None = None
                 ) -> Path:
-    """Write into a temporary sibling, then swap it in: a failure leaves the old corpus (or
-    nothing) and no temporary directory; OSErrors are one-line errors naming `out`."""
+    """Written whole into a temporary sibling and swapped in (`engine.prepared`)."""
     import datasets
 
-    out = Path(out)
-    check_output_dir(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    datasets.disable_progress_bars()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _recover(out)
-        shutil.rmtree(tmp, ignore_errors=True)
+    def fill(tmp: Path) -> dict:
+        datasets.disable_progress_bars()
         to_dataset_dict(corpus).save_to_disk(str(tmp))
         corpus.vocab.save(tmp / "vocab.json")
         for name, payload in (extra_files or {}).items():
-            _write_json(tmp / name, payload)
-        corpus.manifest["files"] = file_checksums(tmp)
-        _write_json(tmp / "manifest.json", corpus.manifest)   # last: its presence means whole
-        _swap_in(tmp, out)
-    except OSError as exc:
-        raise os_error(exc, out) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+            prepared.write_json(tmp / name, payload)
+        return corpus.manifest
 
-
-def _write_json(path: Path, payload: object) -> None:
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`. An existing `out` is exchanged with `tmp` in one atomic step
-    where the system can (Linux), so a kill at any moment leaves a whole corpus at `out`;
-    elsewhere it is moved aside first and put back on failure (a kill between the two renames
-    is repaired by the next prepare, and explained by `load_corpus`)."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    if _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)      # tmp now holds the old corpus
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
-    at_cwd, exchange = -100, 2
-    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _leftovers(out: Path) -> list[tuple[Path, str, int]]:
-    """(path, "tmp" or "old", pid) of the temporary siblings prepares of `out` leave."""
-    found = []
-    if not out.parent.is_dir():
-        return found
-    for path in out.parent.iterdir():
-        for kind in ("tmp", "old"):
-            prefix = f".{out.name}.{kind}-"
-            if path.name.startswith(prefix) and path.name[len(prefix):].isdigit():
-                found.append((path, kind, int(path.name[len(prefix):])))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _recover(out: Path) -> None:
-    """Undo what a killed prepare left: an old corpus moved aside with nothing in its place
-    is put back, and temporary folders of dead processes are removed."""
-    for path, kind, pid in _leftovers(out):
-        if pid == os.getpid() or _alive(pid):
-            continue
-        if kind == "old" and not out.exists() and (path / "manifest.json").is_file():
-            path.rename(out)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+    return prepared.write_prepared(out, fill, "corpus")
 
 
 @dataclass
@@ -240,10 +115,10 @@ def load_corpus(path: Path) -> Corpus:
         raise GfnemError("is a file, not a prepared corpus directory", path,
                          hint="give a directory written by `gfnem prepare`")
     if not path.exists():
-        aside = [p for p, kind, _ in _leftovers(path) if (p / "manifest.json").is_file()]
-        if aside:
+        aside = prepared.set_aside(path)
+        if aside is not None:
             raise GfnemError(f"no corpus here: an interrupted `gfnem prepare` left one in "
-                             f"{aside[0].name}", path, hint="prepare it again (which puts "
+                             f"{aside.name}", path, hint="prepare it again (which puts "
                              "the old corpus back first), or rename that folder")
         raise GfnemError("no such corpus directory", path,
                          hint="create it with `gfnem prepare`")
@@ -254,7 +129,7 @@ def load_corpus(path: Path) -> Corpus:
     manifest = _read_manifest(manifest_path)
     files = manifest.get("files")
     if files is not None:
-        _check_files(path, files)
+        prepared.check_files(path, files, "corpus", DAMAGED)
     for needed in ("dataset_dict.json", "vocab.json"):
         if not (path / needed).is_file():
             raise GfnemError("missing file of a prepared corpus", path / needed, hint=DAMAGED)
@@ -276,7 +151,8 @@ def _read_json(path: Path):
     except OSError as exc:
         raise GfnemError(f"cannot read: {exc.strerror or exc}", path) from None
     except ValueError as exc:
-        raise GfnemError(f"unreadable JSON: {_first_line(exc)}", path, hint=DAMAGED) from None
+        raise GfnemError(f"unreadable JSON: {prepared.first_line(exc)}", path,
+                         hint=DAMAGED) from None
     if not isinstance(data, dict):
         raise GfnemError("unreadable JSON: not an object", path, hint=DAMAGED)
     return data
@@ -303,20 +179,6 @@ def _read_manifest(path: Path) -> dict:
         raise GfnemError("damaged manifest: a required entry is missing or malformed", path,
                          hint=DAMAGED)
     return manifest
-
-
-def _check_files(root: Path, files: dict) -> None:
-    for relative, expected in files.items():
-        target = root / relative
-        if not target.is_file():
-            raise GfnemError("missing file of a prepared corpus", target, hint=DAMAGED)
-        size = target.stat().st_size
-        if size != expected["bytes"]:
-            raise GfnemError(f"{size:,} bytes where the manifest says {expected['bytes']:,} "
-                             "(truncated or changed)", target, hint=DAMAGED)
-        if _sha256(target) != expected["sha256"]:
-            raise GfnemError("changed since the corpus was prepared (sha256 differs from the "
-                             "manifest)", target, hint=DAMAGED)
 
 
 def _load_split(folder: Path, count: int, vocab_size: int, validate: bool):
@@ -346,13 +208,9 @@ def _load_split(folder: Path, count: int, vocab_size: int, validate: bool):
             if low is not None and (low < 0 or high >= vocab_size):
                 problem = f"token ids outside the vocabulary of {vocab_size:,}"
     except Exception as exc:   # datasets / pyarrow on a damaged folder: many exception types
-        raise GfnemError(f"cannot read this split: {_first_line(exc)}", folder,
+        raise GfnemError(f"cannot read this split: {prepared.first_line(exc)}", folder,
                          hint=DAMAGED) from None
     if problem:
         raise GfnemError(problem, folder, hint=DAMAGED)
     return split
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0][:160] if text else type(exc).__name__)

@@ -219,7 +219,7 @@ def test_plain_process_sigkill_after_a_random_delay(server, references, tmp_path
 
 PREPARE = ["prepare", "synthetic", "--num-sentences", "40", "--max-length", "6", "--out"]
 # the two-rename swap prepare uses where the atomic exchange (renameat2) is not available
-TWO_RENAMES = {"kind": "stub", "target": "grammars.data.corpus_disk:_exchange",
+TWO_RENAMES = {"kind": "stub", "target": "gfnem_cli.engine.prepared:_exchange",
                "returns": False}
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from gfnem_cli.engine.errors import GfnemError
-from vae.data.disk import DAMAGED, features, first_line, read_manifest
+from gfnem_cli.engine.prepared import first_line
+from vae.data.disk import DAMAGED, features, read_manifest
 
 
 @dataclass

@@ -7,21 +7,20 @@ the class or −1, and for sets drawn from a known model `codes`: the true code 
 edited or deleted file is therefore named when the set is loaded, instead of surfacing as an
 Arrow traceback or as silently different data.
 
-Should move to the engine: the temp-sibling + swap-in writer and the checksummed loader are the
-same for corpora and image sets (the grammar copy lives in grammars/corpus_disk.py).
+Writing whole, swapping in and checking the file list are the engine's (`engine/prepared.py`),
+shared with the grammar corpora.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from gfnem_cli.engine import prepared
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.files import check_writable_dir, os_error
+from gfnem_cli.engine.prepared import first_line
 
 MANIFEST_FORMAT = 1
 DAMAGED = "the image set is damaged: prepare it again with `gfnem prepare`"
@@ -75,78 +74,24 @@ def fingerprint(splits: dict[str, dict[str, np.ndarray]]) -> str:
 
 
 def check_output_dir(out: Path) -> None:
-    """Refuse, before any input is read, to replace anything but an empty directory or an
-    earlier prepared set, or an output whose parent cannot be written."""
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir())
-                                               or (out / "manifest.json").is_file())):
-        raise GfnemError("exists and is not a prepared data set; refusing to overwrite it", out,
-                         hint="choose another --out")
-    existing = out.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise GfnemError("a parent of this path is a file, not a directory", out)
-    check_writable_dir(existing, out)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_checksums(root: Path) -> dict[str, dict]:
-    out = {}
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        if relative != "manifest.json":
-            out[relative] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-    return out
+    """Refuse, before any input is read, an --out that is not empty, not an image set, or not
+    writable (`engine.prepared`)."""
+    prepared.check_output_dir(out, "image set")
 
 
 def save_image_set(splits: dict[str, dict[str, np.ndarray]], manifest: dict, out: Path) -> Path:
-    """Write `splits` ({name: {"images", "labels", "codes"?}}) and the manifest into a temporary
-    sibling of `out`, then swap it in: a failure leaves the old set (or nothing)."""
+    """Write `splits` ({name: {"images", "labels", "codes"?}}) and the manifest, whole, into a
+    temporary sibling of `out` and swap it in (`engine.prepared`)."""
     import datasets
 
-    out = Path(out)
-    check_output_dir(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    datasets.disable_progress_bars()
-    manifest = dict(manifest, format=MANIFEST_FORMAT)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    def fill(tmp: Path) -> dict:
+        datasets.disable_progress_bars()
         parts = {name: to_split(a["images"], a["labels"], a.get("codes"))
                  for name, a in splits.items()}
         datasets.DatasetDict(parts).save_to_disk(str(tmp))
-        manifest["files"] = file_checksums(tmp)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n",
-                                           encoding="utf-8")
-        _swap_in(tmp, out)
-    except OSError as exc:
-        raise os_error(exc, out) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        return dict(manifest, format=MANIFEST_FORMAT)
 
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        tmp.rename(out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    return prepared.write_prepared(out, fill, "image set")
 
 
 def read_manifest(path: Path) -> dict:
@@ -182,20 +127,6 @@ def read_manifest(path: Path) -> dict:
     if not good:
         raise GfnemError("damaged manifest: a required entry is missing or malformed", target,
                          hint=DAMAGED)
-    for relative, expected in files.items():
-        file = path / relative
-        if not file.is_file():
-            raise GfnemError("missing file of a prepared image set", file, hint=DAMAGED)
-        size = file.stat().st_size
-        if size != expected["bytes"]:
-            raise GfnemError(f"{size:,} bytes where the manifest says {expected['bytes']:,} "
-                             "(truncated or changed)", file, hint=DAMAGED)
-        if sha256_file(file) != expected["sha256"]:
-            raise GfnemError("changed since the set was prepared (sha256 differs from the "
-                             "manifest)", file, hint=DAMAGED)
+    prepared.check_files(path, files, "image set", DAMAGED)
     return manifest
 
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from gfnem_cli.engine.errors import GfnemError
-from vae.data.disk import check_output_dir, fingerprint, first_line, save_image_set, sha256_file
+from gfnem_cli.engine.prepared import first_line, sha256_file
+from vae.data.disk import check_output_dir, fingerprint, save_image_set
 
 IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
