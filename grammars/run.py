@@ -16,7 +16,7 @@ from gfnem_cli.engine.config import resolve_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.runs import (BEST, RESUMABLE_CHANGES, check_checkpoint_config,
                                    check_resume_config, check_start, checkpoint_path,
-                                   inspect_run_dir, resolve_device, run_info, write_run_files)
+                                   inspect_run_dir, launch, resolve_device)
 from gfnem_cli.engine.runs import saved_config as _saved_config
 from gfnem_cli.engine.trainer import Trainer, TrainerOptions
 from grammars.charts.backends import get_backend
@@ -115,23 +115,12 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
                              select_metric=SELECT_METRIC, show_progress=show_progress)
     trainer = Trainer(out, method, schedule, options, config, corpus.manifest["fingerprint"],
                       items_in=len)
-    resumed = resume and state.has_checkpoint   # a run killed before its first checkpoint
-    checkpoint = trainer.load_checkpoint() if resumed else None   # starts again from step 0
-    if checkpoint is not None:
-        check_checkpoint_config(checkpoint, saved_config(out), out)
-    # every check passed: from here on files are written, each atomically
     files = {"vocab.json": (corpus.path / "vocab.json").read_text(encoding="utf-8"),
              "corpus_manifest.json": (corpus.path / "manifest.json").read_text(encoding="utf-8")}
     if (corpus.path / "grammar.json").exists():
         files["true_grammar.json"] = (corpus.path / "grammar.json").read_text(encoding="utf-8")
-    write_run_files(out, config, files,
-                    run_info(out, dev, checkpoint["step"] if checkpoint else None, command))
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    else:
-        ckpt.seed_everything(train["seed"])
-    trainer.start_metrics(resumed=checkpoint is not None)
-    return trainer.fit()
+    saved = saved_config(out) if resume and state.has_checkpoint else None
+    return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command)
 
 
 @dataclass

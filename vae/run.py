@@ -16,7 +16,7 @@ from gfnem_cli.engine.config import resolve_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.runs import (BEST, RESUMABLE_CHANGES, check_checkpoint_config,
                                    check_resume_config, check_start, checkpoint_path,
-                                   inspect_run_dir, resolve_device, run_info, write_run_files)
+                                   inspect_run_dir, launch, resolve_device)
 from gfnem_cli.engine.runs import saved_config as _saved_config
 from gfnem_cli.engine.trainer import Trainer, TrainerOptions
 from vae.data import ImageSchedule, in_order_batches, load_image_set
@@ -70,20 +70,9 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
                              checkpoint_every=train["checkpoint_every"],
                              select_metric=SELECT_METRIC, show_progress=show_progress)
     trainer = Trainer(out, method, schedule, options, config, data.fingerprint, items_in=len)
-    resumed = resume and state.has_checkpoint
-    checkpoint = trainer.load_checkpoint() if resumed else None
-    if checkpoint is not None:
-        check_checkpoint_config(checkpoint, saved_config(out), out)
-    # every check passed: from here on files are written, each atomically
     files = {MANIFEST: (data.path / "manifest.json").read_text(encoding="utf-8")}
-    write_run_files(out, config, files,
-                    run_info(out, dev, checkpoint["step"] if checkpoint else None, command))
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    else:
-        ckpt.seed_everything(train["seed"])
-    trainer.start_metrics(resumed=checkpoint is not None)
-    return trainer.fit()
+    saved = saved_config(out) if resume and state.has_checkpoint else None
+    return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command)
 
 
 @dataclass

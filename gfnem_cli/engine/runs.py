@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import yaml
 
+from gfnem_cli.engine.checkpoint import seed_everything
 from gfnem_cli.engine.config import flatten, load_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
@@ -192,6 +193,27 @@ def write_run_files(out: Path, config: dict, files: dict[str, str], info: dict) 
     for name, text in files.items():
         write_text_atomic(out / name, text)
     write_text_atomic(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+
+
+def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files: dict[str, str],
+           config: dict, device: torch.device, seed: int, command: list[str] | None) -> dict:
+    """The end of every family's `train_run`: on resume load and check the checkpoint (still
+    writing nothing; a run killed before its first checkpoint starts again from step 0), then
+    write the run's files, restore the checkpoint or seed every generator, and train."""
+    resumed = resume and state.has_checkpoint
+    checkpoint = trainer.load_checkpoint() if resumed else None
+    if checkpoint is not None:
+        check_checkpoint_config(checkpoint, saved, state.path)
+    # every check passed: from here on files are written, each atomically
+    write_run_files(state.path, config, files,
+                    run_info(state.path, device, checkpoint["step"] if checkpoint else None,
+                             command))
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    else:
+        seed_everything(seed)
+    trainer.start_metrics(resumed=checkpoint is not None)
+    return trainer.fit()
 
 
 def run_info(out: Path, device: torch.device, resumed_from: int | None,
