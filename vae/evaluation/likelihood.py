@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine import ImportanceEstimate
+
 
 @dataclass
 class NLLEstimate:
@@ -46,10 +48,11 @@ def log_weights(model, sampler, images: torch.Tensor, samples: int, chunk: int =
     return torch.cat(parts, 1)
 
 
-def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
-    """(B,) log (1/M Σ_m exp w_m) in float64, max-shifted."""
-    log_w = log_w.double()
-    return torch.logsumexp(log_w, 1) - math.log(log_w.shape[1])
+def log_p_hat(log_w: torch.Tensor) -> torch.Tensor:
+    """(B,) log p̂(x) from the first-M' log-weights (B, M'), by the engine's float64 estimate."""
+    estimate = ImportanceEstimate(log_w.shape[0], log_w.device)
+    estimate.add(log_w)
+    return estimate.result()[0]
 
 
 def summarize(per_image_nll: torch.Tensor, samples: int, pixels: int) -> NLLEstimate:
@@ -76,7 +79,7 @@ def importance_sampled_nll(model, sampler, batches, samples: int = 5000,
         pixels = images.shape[1] * images.shape[2]
         log_w = log_weights(model, sampler, images, samples, chunk, generator)
         for m in wanted:
-            per_image[m].append(-log_mean_exp(log_w[:, :m]).cpu())
+            per_image[m].append(-log_p_hat(log_w[:, :m]).cpu())
         if progress is not None:
             progress(len(batch))
     if pixels is None:
