@@ -17,6 +17,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gfnem_cli.engine.provenance import gfnem_version, source_commit
+
+        commit = source_commit()
+        typer.echo(f"gfnem {gfnem_version()}" + (f" (commit {commit})" if commit else ""))
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print gfnem's version (and the source commit, "
+                                            "when run from a git checkout) and exit.")) -> None:
+    """Grammar induction and discrete latent-variable learning with GFlowNet-EM."""
+
+
 app.add_typer(prepare.app, name="prepare")
 app.command("train")(train.train)
 app.command("sample")(sample.sample)

@@ -19,9 +19,7 @@ schema), `checkpoint_path` (best.pt, else last.pt with a warning) and `check_che
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from gfnem_cli.engine.checkpoint import seed_everything
 from gfnem_cli.engine.config import flatten, load_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
+from gfnem_cli.engine.provenance import gfnem_version, source_commit
 
 LAST, BEST = "last", "best"
 RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "report.json", "checkpoints")
@@ -230,34 +229,9 @@ def run_info(out: Path, device: torch.device, resumed_from: int | None,
     entry = {"time": now, "command": command if command is not None else sys.argv,
              "device": str(device), "host": platform.node()}
     if resumed_from is None or not info:
-        info = {"gfnem_version": _version(), "commit": _commit(), "python": sys.version.split()[0],
+        info = {"gfnem_version": gfnem_version(), "commit": source_commit(), "python": sys.version.split()[0],
                 "torch": torch.__version__, "cuda": torch.version.cuda,
                 "started": entry, "resumes": []}
     else:
         info.setdefault("resumes", []).append({**entry, "from_step": resumed_from})
     return info
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("gfnem")
-    except Exception:  # not installed as a distribution (run from a source tree)
-        return "unknown"
-
-
-def _commit() -> str | None:
-    """The source tree's git commit (with `-dirty` when it has local changes), if any."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
-                               capture_output=True, text=True, timeout=5,
-                               env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
