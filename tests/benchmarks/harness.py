@@ -189,8 +189,19 @@ def commit() -> str:
         return "unknown"
 
 
+def dirty_paths() -> list[str]:
+    """Tracked files that differ from the commit (whoever edited them): what `-dirty` means."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                             text=True, capture_output=True).stdout
+        return [line[3:] for line in out.splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
 def machine() -> dict:
     import torch
     return {"cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "commit": commit(), "processor": platform.processor() or platform.machine()}
+            "commit": commit(), "dirty_paths": dirty_paths(),
+            "processor": platform.processor() or platform.machine()}
