@@ -8,9 +8,9 @@ plain tree of defaults every run reads; `GRAMMAR_RANGES` the `{dotted key: check
 from __future__ import annotations
 
 from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
-from gfnem_cli.engine.objectives.from_recipe import (DIVERGENCES, GRAD_CLIP, LEARNING_RATE,
-                                                     OBJECTIVE_NAMES, em_section, exploration_section,
-                                                     extend, objective_section, train_section)
+from gfnem_cli.engine.objectives.from_recipe import (
+    DIVERGENCES, GRAD_CLIP, LEARNING_RATE, OBJECTIVE_NAMES, em_section, exploration_section,
+    extend, objective_section, shared_conflicts, train_section)
 from gfnem_cli.engine.recipe_schema import (AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NAME,
                                             PROBABILITY, TEXT, Conflict, Integer, Key, OneOf,
                                             Schema, ZeroOr, register_schema, split_schema)
@@ -84,26 +84,15 @@ GRAMMAR_DEFAULTS, GRAMMAR_RANGES = split_schema(GRAMMAR_SCHEMA)
 
 def grammar_conflicts(config: dict):
     """Cross-key problems, each reported at the key the user most likely has to change."""
-    em, sampler, objective = config["em"], config["sampler"], config["objective"]
-    if em["threshold_min"] > em["threshold_max"]:
-        yield Conflict(("em.threshold_min", "em.threshold_max"),
-                       f"em.threshold_min ({em['threshold_min']:g}) is above em.threshold_max "
-                       f"({em['threshold_max']:g}); the threshold decays from max to min",
-                       "swap them, or set both equal for a constant threshold")
-    if config["method"] != "gfnem":
-        return
-    name = objective["name"]
-    if name in DIVERGENCES and sampler["learn_backward"]:
+    sampler, name = config["sampler"], config["objective"]["name"]
+    gfnem = config["method"] == "gfnem"
+    if gfnem and name in DIVERGENCES and sampler["learn_backward"]:
         yield Conflict(("objective.name", "sampler.learn_backward"),
                        f"objective {name} keeps P_B fixed: it needs sampler.learn_backward: "
                        "false (a uniform backward policy)",
                        "set sampler.learn_backward: false")
-    if name in DIVERGENCES + ("vargrad",) and sampler["samples_per_input"] < 2:
-        yield Conflict(("sampler.samples_per_input", "objective.name"),
-                       f"objective {name} compares the trajectories of one sentence: it needs "
-                       f"sampler.samples_per_input >= 2, got {sampler['samples_per_input']}",
-                       "e.g. sampler.samples_per_input: 8")
-    if sampler["d_model"] % sampler["num_heads"]:
+    yield from shared_conflicts(config, "sentence")
+    if gfnem and sampler["d_model"] % sampler["num_heads"]:
         yield Conflict(("sampler.num_heads", "sampler.d_model"),
                        f"sampler.num_heads ({sampler['num_heads']}) must divide sampler.d_model "
                        f"({sampler['d_model']})", "e.g. d_model: 512 with num_heads: 4")

@@ -13,9 +13,9 @@ sleep_weight 0.3 every step: the same expected gradient, with less variance.
 """
 from __future__ import annotations
 
-from gfnem_cli.engine.objectives.from_recipe import (DIVERGENCES, GRAD_CLIP, LEARNING_RATE,
-                                                     em_section, exploration_section,
-                                                     objective_section, train_section)
+from gfnem_cli.engine.objectives.from_recipe import (
+    GRAD_CLIP, LEARNING_RATE, em_section, exploration_section, objective_section,
+    shared_conflicts, train_section)
 from gfnem_cli.engine.recipe_schema import (AT_LEAST_ONE, BETAS, COUNT, NAME, POSITIVE,
                                             TEXT, Conflict, Integer, Key, ListOf,
                                             OneOf, Real, Schema, register_schema, split_schema)
@@ -81,20 +81,9 @@ VAE_DEFAULTS, VAE_RANGES = split_schema(VAE_SCHEMA)
 
 def vae_conflicts(config: dict):
     """Cross-key problems, each placed at the key the user most likely has to change."""
-    em, sampler, model = config["em"], config["sampler"], config["model"]
-    if em["threshold_min"] > em["threshold_max"]:
-        yield Conflict(("em.threshold_min", "em.threshold_max"),
-                       f"em.threshold_min ({em['threshold_min']:g}) is above em.threshold_max "
-                       f"({em['threshold_max']:g}); the threshold decays from max to min",
-                       "swap them, or set both equal for a constant threshold")
+    sampler, model = config["sampler"], config["model"]
+    yield from shared_conflicts(config, "image")
     method = config["method"]
-    name = config["objective"]["name"]
-    if method == "gfnem" and name in DIVERGENCES + ("vargrad",) \
-            and sampler["samples_per_input"] < 2:
-        yield Conflict(("sampler.samples_per_input", "objective.name"),
-                       f"objective {name} compares the trajectories of one image: it needs "
-                       f"sampler.samples_per_input >= 2, got {sampler['samples_per_input']}",
-                       "e.g. sampler.samples_per_input: 8")
     if method == "gfnem" and sampler["local_search_rounds"]:
         yield Conflict(("sampler.local_search_rounds",),
                        "the grid GFlowNet has no local search", "set it to 0")

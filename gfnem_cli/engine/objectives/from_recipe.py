@@ -10,6 +10,11 @@ sections, each a tree of `Key(default, range)` a family may give its own default
     exploration_section()         how the E-step samples: N per input, temperature, ε, local search
     extend(section, after, keys)  a section with a family's keys inserted after one of its keys
 
+checked across keys by
+
+    shared_conflicts(config, input_word)   the threshold order; N >= 2 where the objective
+                                           compares an input's trajectories
+
 and read back by
 
     objective_from_config(config) -> (objective, needs_flows)   the `objective` section built
@@ -23,7 +28,7 @@ from gfnem_cli.engine.objectives import OBJECTIVES, build_objective
 from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
 from gfnem_cli.engine.recipe_schema import (
     ANY_THRESHOLD, AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY,
-    SEED, UNIT_INTERVAL_OPEN, Key, OneOf, Real)
+    SEED, UNIT_INTERVAL_OPEN, Conflict, Key, OneOf, Real)
 
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 DIVERGENCES = ("reverse_kl", "forward_kl", "renyi", "tsallis")
@@ -120,6 +125,23 @@ def extend(section: dict, after: str, keys: dict) -> dict:
         if name == after:
             out.update(keys)
     return out
+
+
+def shared_conflicts(config: dict, input_word: str):
+    """The cross-key problems of the shared sections, for a family's conflict check to yield
+    first; `input_word` names the family's input in messages ("sentence", "image")."""
+    em = config["em"]
+    if em["threshold_min"] > em["threshold_max"]:
+        yield Conflict(("em.threshold_min", "em.threshold_max"),
+                       f"em.threshold_min ({em['threshold_min']:g}) is above em.threshold_max "
+                       f"({em['threshold_max']:g}); the threshold decays from max to min",
+                       "swap them, or set both equal for a constant threshold")
+    name, n = config["objective"]["name"], config["sampler"]["samples_per_input"]
+    if config["method"] == "gfnem" and name in DIVERGENCES + ("vargrad",) and n < 2:
+        yield Conflict(("sampler.samples_per_input", "objective.name"),
+                       f"objective {name} compares the trajectories of one {input_word}: it "
+                       f"needs sampler.samples_per_input >= 2, got {n}",
+                       "e.g. sampler.samples_per_input: 8")
 
 
 def exploration_from_config(section: dict) -> Exploration:
