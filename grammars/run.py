@@ -12,11 +12,9 @@ from pathlib import Path
 import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
-from gfnem_cli.engine.config import resolve_config
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.runs import (BEST, RESUMABLE_CHANGES, check_checkpoint_config,
-                                   check_resume_config, check_start, checkpoint_path,
-                                   inspect_run_dir, launch, resolve_device)
+from gfnem_cli.engine.runs import (BEST, begin, check_checkpoint_config, checkpoint_path,
+                                   launch, resolve_device)
 from gfnem_cli.engine.runs import saved_config as _saved_config
 from gfnem_cli.engine.trainer import Trainer, TrainerOptions
 from grammars.charts.backends import get_backend
@@ -87,11 +85,7 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
               command: list[str] | None = None) -> dict:
     """Check everything, then write: a refused start or resume leaves `out` as it was."""
     out = Path(out)
-    config = resolve_config(GRAMMAR_DEFAULTS, recipe, overrides)
-    state = inspect_run_dir(out)
-    check_start(state, resume)
-    if resume:
-        check_resume_config(saved_config(out), config, RESUMABLE_CHANGES, out)
+    config, state = begin(GRAMMAR_DEFAULTS, recipe, overrides, out, resume)
     if not config["data"]["path"]:
         raise GfnemError("the recipe names no corpus", recipe,
                          hint="set data.path to a folder written by `gfnem prepare`")

@@ -47,7 +47,8 @@ _EXPORTS = {
                                "exploration_section", "extend"),
     "runs": ("BEST", "LAST", "RESUMABLE_CHANGES", "check_checkpoint_config",
              "check_resume_config", "check_start", "checkpoint_path", "inspect_run_dir",
-             "resolve_device", "run_info", "same_config", "saved_config", "write_run_files"),
+             "resolve_device", "run_info", "same_config", "saved_config", "write_run_files",
+             "begin", "launch"),
     "config": ("resolve_config", "load_config", "validate_config"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

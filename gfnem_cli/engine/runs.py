@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from gfnem_cli.engine.checkpoint import seed_everything
-from gfnem_cli.engine.config import flatten, load_config
+from gfnem_cli.engine.config import flatten, load_config, resolve_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
@@ -192,6 +192,19 @@ def write_run_files(out: Path, config: dict, files: dict[str, str], info: dict) 
     for name, text in files.items():
         write_text_atomic(out / name, text)
     write_text_atomic(out / "run_info.json", json.dumps(info, indent=2) + "\n")
+
+
+def begin(defaults, recipe: Path | None, overrides: list[str], out: Path, resume: bool
+          ) -> tuple[dict, RunDirState]:
+    """The first half of every family's `train_run`: the resolved config and what `out`
+    holds, refused (before anything is written) when this command may not start or resume
+    it, or when a resume changes a key other than `RESUMABLE_CHANGES`."""
+    config = resolve_config(defaults, recipe, overrides)
+    state = inspect_run_dir(Path(out))
+    check_start(state, resume)
+    if resume:
+        check_resume_config(saved_config(out, defaults), config, RESUMABLE_CHANGES, Path(out))
+    return config, state
 
 
 def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files: dict[str, str],
