@@ -26,6 +26,7 @@ import torch
 from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import os_error, write_text_atomic
+from gfnem_cli.engine.progress import TrainingProgress
 
 
 class NonFiniteLoss(Exception):
@@ -103,6 +104,7 @@ class TrainerOptions:
                                    # family ("" = none: no best.pt)
     max_nonfinite_in_a_row: int = 20
     show_progress: bool = True
+    log_every: int = 0              # plain-line progress when not a terminal; 0 = ~50 lines
 
 
 class _StopFlag:
@@ -255,20 +257,13 @@ class Trainer:
             self.epoch, self.position = self.epoch + 1, 0
 
     def fit(self) -> dict[str, Any]:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
         opts = self.options
         in_a_row = 0
         last_metrics = self.last_train
         items, window_start = 0, time.perf_counter()
-        progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[live]}"), disable=not opts.show_progress,
-                            transient=False)
+        progress = TrainingProgress(opts.steps, self.step, opts.show_progress, opts.log_every)
         stream = self._batches()
         with _StopFlag() as stop, progress:
-            task = progress.add_task("train", total=opts.steps, completed=self.step, live="")
             while not self._finished():
                 batch = next(stream)
                 started = time.perf_counter()
@@ -295,11 +290,10 @@ class Trainer:
                     last_metrics = self.last_train = {**metrics, "items_per_s": rate}
                     self._log({"kind": "train", "step": self.step, "epoch": self.epoch,
                                **last_metrics})
-                    progress.update(task, completed=self.step, live=_live(last_metrics))
+                    progress.advanced(self.step, last_metrics)
                 finished = self._finished()
                 if self.step % opts.eval_every == 0 or finished:
-                    self._validate()
-                    progress.update(task, live=_live({**last_metrics, **self.best["metrics"]}))
+                    progress.validated(self.step, self._validate(), self.best["metrics"])
                 # never overwrite the last good checkpoint during a run of bad steps; a skipped
                 # step changes no parameter, so the state at the end is always good to keep
                 if finished or (in_a_row == 0 and self.step % opts.checkpoint_every == 0):
@@ -327,16 +321,3 @@ def _finite_or_none(value):
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(v) for v in value]
     return value
-
-
-def _live(metrics: dict[str, float]) -> str:
-    """The progress bar's figures: the loss, the NLL per the family's unit (`nll_per_<unit>`)
-    and perplexity, the same on validation, items per second and the model updates."""
-    keys = ["loss"]
-    for prefix in ("", "val_"):
-        keys += [k for k in metrics if k.startswith(prefix + "nll_per_")] + [prefix + "ppl"]
-    shown = [f"{key}={metrics[key]:.3g}" for key in keys + ["items_per_s"]
-             if key in metrics and isinstance(metrics[key], (int, float))]
-    if "model_updates" in metrics:
-        shown.append(f"updates={int(metrics['model_updates'])}")
-    return " ".join(shown)

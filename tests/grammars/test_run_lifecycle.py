@@ -355,3 +355,18 @@ def test_messages_stay_one_line_in_a_narrow_pipe(tmp_path, corpus):
     warnings = [line for line in warned.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and warnings[0].startswith("warning:"), warned.stderr
     assert str(latin) in warnings[0] and "latin-1" in warnings[0]
+
+
+def test_progress_goes_to_a_file_as_timestamped_lines(tmp_path, corpus):
+    """A cluster job's log gets a line every few steps and after each validation, not one
+    truncated bar at the end."""
+    recipe = write_recipe(tmp_path, corpus, steps=20, eval_every=10)
+    done = subprocess.run([sys.executable, "-m", "gfnem_cli", "train", str(recipe), "--out",
+                           str(tmp_path / "run"), "--device", "cpu"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stamped = [line for line in done.stdout.splitlines()
+               if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+    steps = [line for line in stamped if " step " in line and "/20 " in line]
+    assert len(steps) == 20 and "loss=" in steps[-1] and "eta" in steps[-1], done.stdout
+    assert sum("validation: val_nll_per_token=" in line for line in stamped) == 2
