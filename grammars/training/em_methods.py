@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import torch
 
-from gfnem_cli.engine import (DIVERGENCES, EMLoop, EMOptions, GfnemError, GFlowNetEStep,
-                              PosteriorEStep, ThresholdSchedule, exploration_from_config,
-                              objective_from_config)
+from gfnem_cli.engine import (DIVERGENCES, EMLoop, GfnemError, GFlowNetEStep, PosteriorEStep,
+                              em_options_from_config, exploration_from_config,
+                              model_optimizer_from_config, objective_from_config)
 from grammars.charts.posterior_sampling import sample_posterior
 from grammars.evaluation.importance_bound import (SamplerProposal, UniformTreeProposal,
                                                   importance_sampled_likelihood)
@@ -122,12 +122,8 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
                               "(its labels summed out)")
     family_class = MSTEP_LABELS[em["mstep_labels"]]
     dream_len = em["sleep_max_length"] or config["data"]["max_train_length"] or 20
-    model_opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]))
-    options = EMOptions(
-        threshold=ThresholdSchedule(float(em["threshold_max"]), float(em["threshold_min"]),
-                                    int(em["threshold_horizon"])),
-        ema_decay=em["ema_decay"], mstep_samples=em["mstep_samples"],
-        importance_weighted=em["importance_weighted"], model_grad_clip=train["grad_clip"])
+    model_opt = model_optimizer_from_config(config, model.parameters())
+    options = em_options_from_config(config)
     sampler = None
     if method == "gfnem":
         sampler = build_sampler(config, model.vocab_size, model.num_nonterminals).to(device)

@@ -19,8 +19,10 @@ from grammars.training.mcem import frozen_tables
 
 
 def inputs(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, lengths = batch.ids.to(device), batch.lengths.to(device)
-    return ids[:, : int(lengths.max())], lengths
+    """The batch on the device, trimmed to its longest sentence; the length is read from the
+    host copy, so no step waits on the device for it."""
+    width = int(batch.lengths.max())
+    return batch.ids[:, :width].to(device), batch.lengths.to(device)
 
 
 class GrammarFamily:

@@ -109,7 +109,8 @@ class GridSampler(nn.Module):
                 raise ValueError("the raster sampler fills cells in raster order only")
             return raster
         if order is None:
-            noise = torch.rand(m, self.cells, generator=generator, device="cpu").to(dev)
+            where = generator.device if generator is not None else dev   # the generator's own
+            noise = torch.rand(m, self.cells, generator=generator, device=where).to(dev)
             order = noise.argsort(1)
         return order.to(dev).long()
 

@@ -51,8 +51,6 @@ class FactorizedProposal(_Proposal):
     @torch.no_grad()
     def sample(self, images, n: int = 1, generator=None, **_) -> Draws:
         log_probs = torch.log_softmax(self.encoder(images), -1)        # (B, hw, K)
-        if generator is None:
-            generator = torch.Generator(device=images.device).manual_seed(0)
         codes = sample_codes(log_probs, n, generator)
         return self._draws(codes, log_q(log_probs.repeat_interleave(n, 0), codes))
 

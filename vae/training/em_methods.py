@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from gfnem_cli.engine import (EMLoop, EMOptions, GfnemError, GFlowNetEStep, ThresholdSchedule,
-                              exploration_from_config, objective_from_config)
+from gfnem_cli.engine import (EMLoop, GfnemError, GFlowNetEStep, em_options_from_config,
+                              exploration_from_config, model_optimizer_from_config,
+                              objective_from_config)
 from vae.evaluation.likelihood import importance_sampled_nll
 from vae.gflownet import GridSampler
 from vae.models import Decoder, DiscreteVAE, build_prior
@@ -82,12 +83,8 @@ def build_gfnem(config: dict, model: DiscreteVAE, valid_batches, device) -> EMLo
         sleep_period=em["sleep_period"], sleep_count=em["sleep_batch_size"],
         mstep_temperature=em["mstep_temperature"],
         mstep_reuse_samples=em["mstep_reuse_samples"])
-    options = EMOptions(
-        threshold=ThresholdSchedule(float(em["threshold_max"]), float(em["threshold_min"]),
-                                    int(em["threshold_horizon"])),
-        ema_decay=em["ema_decay"], mstep_samples=em["mstep_samples"],
-        importance_weighted=em["importance_weighted"], model_grad_clip=train["grad_clip"])
-    model_opt = torch.optim.Adam(model.parameters(), lr=train["lr"], betas=tuple(train["betas"]))
+    options = em_options_from_config(config)
+    model_opt = model_optimizer_from_config(config, model.parameters())
     validate = nll_validator(model, sampler, valid_batches, em["valid_samples"], train["seed"],
                              device)
     return EMLoop(family, estep, model_opt, model.parameters(), options, validate,

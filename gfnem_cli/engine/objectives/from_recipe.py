@@ -19,6 +19,8 @@ and read back by
 
     objective_from_config(config) -> (objective, needs_flows)   the `objective` section built
     exploration_from_config(section) -> Exploration
+    em_options_from_config(config) -> EMOptions                 the M-step gate and M-step draws
+    model_optimizer_from_config(config, parameters) -> Adam     θ's optimizer (`train` section)
 """
 from __future__ import annotations
 
@@ -142,6 +144,29 @@ def shared_conflicts(config: dict, input_word: str):
                        f"objective {name} compares the trajectories of one {input_word}: it "
                        f"needs sampler.samples_per_input >= 2, got {n}",
                        "e.g. sampler.samples_per_input: 8")
+
+
+def em_options_from_config(config: dict):
+    """The `em` section's gate (τ linear from threshold_max to threshold_min over
+    threshold_horizon model updates, EMA of the E-loss) and M-step draws, with `train`'s clip."""
+    from gfnem_cli.engine.em import EMOptions
+    from gfnem_cli.engine.schedules import ThresholdSchedule
+
+    em = config["em"]
+    return EMOptions(
+        threshold=ThresholdSchedule(float(em["threshold_max"]), float(em["threshold_min"]),
+                                    int(em["threshold_horizon"])),
+        ema_decay=em["ema_decay"], mstep_samples=em["mstep_samples"],
+        importance_weighted=em["importance_weighted"],
+        model_grad_clip=config["train"]["grad_clip"])
+
+
+def model_optimizer_from_config(config: dict, parameters):
+    """Adam on θ with `train.lr` and `train.betas`: the M-step's optimizer in every EM method."""
+    import torch
+
+    train = config["train"]
+    return torch.optim.Adam(parameters, lr=train["lr"], betas=tuple(train["betas"]))
 
 
 def exploration_from_config(section: dict) -> Exploration:
