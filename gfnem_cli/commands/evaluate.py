@@ -103,8 +103,12 @@ def evaluate(
     also at M = 1 and M = 100, with the true NLL of a shapes set.
     """
     from gfnem_cli.commands import images
+    from gfnem_cli.commands.checks import grammar_options_unused
 
     if images.is_image_run(run) or images.is_image_data(data):   # test NLL of an image run
+        grammar_options_unused(baseline=(baseline, None), pred=(pred, None),
+                               max_length=(max_length, 0), decode=(decode, "auto"),
+                               decode_samples=(decode_samples, 16))
         images.evaluate_images(run, data, split, samples, json_out, seed, checkpoint,
                                batch_size, device)
         return

@@ -39,8 +39,10 @@ def parse(
     <unk> inside the model only. The output reads back with `gfnem evaluate --pred`.
     """
     from gfnem_cli.commands import images
+    from gfnem_cli.commands.checks import grammar_options_unused
 
     if images.is_image_run(run):        # an image run: each image's best sampled code grid
+        grammar_options_unused(decode=(decode, "auto"))
         images.parse_images(run, input, split, out, samples, batch_size, 0, checkpoint,
                             device)
         return

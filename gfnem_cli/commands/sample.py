@@ -75,12 +75,14 @@ def sample(
     from rich.markup import escape
 
     from gfnem_cli.commands import images
+    from gfnem_cli.commands.checks import grammar_options_unused
     from gfnem_cli.engine.errors import GfnemError
 
     if images.is_image_run(run):
         if sentence is not None or from_model:
             raise GfnemError("an image run draws prior samples (no option) or reconstructions "
                              "(--input DIR); --sentence and --from-model are for grammars")
+        grammar_options_unused(max_length=(max_length, 30), brackets_only=(not show_trees, False))
         images.sample_images(run, n, input, split, out, per_image, seed, checkpoint, device)
         return
     if out is not None:

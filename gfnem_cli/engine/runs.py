@@ -238,6 +238,8 @@ def run_info(out: Path, device: torch.device, resumed_from: int | None,
             info = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             info = {}
+        if not isinstance(info, dict):          # hand-edited into something else
+            info = {}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     entry = {"time": now, "command": command if command is not None else sys.argv,
              "device": str(device), "host": platform.node()}

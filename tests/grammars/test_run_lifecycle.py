@@ -370,3 +370,14 @@ def test_progress_goes_to_a_file_as_timestamped_lines(tmp_path, corpus):
     steps = [line for line in stamped if " step " in line and "/20 " in line]
     assert len(steps) == 20 and "loss=" in steps[-1] and "eta" in steps[-1], done.stdout
     assert sum("validation: val_nll_per_token=" in line for line in stamped) == 2
+
+
+def test_a_run_info_that_is_not_a_mapping_does_not_block_a_resume(tmp_path, corpus, runner,
+                                                                   cli_app):
+    recipe = write_recipe(tmp_path, corpus)
+    run = tmp_path / "run"
+    assert train(runner, cli_app, recipe, run).exit_code == 0
+    (run / "run_info.json").write_text("[1]\n")
+    result = train(runner, cli_app, recipe, run, "--set", "train.steps=8", "--resume")
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads((run / "run_info.json").read_text()), dict)

@@ -189,6 +189,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, shapes, runner, cli_
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_grammar_options_on_an_image_run_are_refused(tmp_path, shapes, runner, cli_app):
+    """An option the image path would ignore is refused, not silently dropped (exit 0 with
+    an answer that did not use it)."""
+    run = tmp_path / "run"
+    train(runner, cli_app, "shapes-gumbel.yaml", run, shapes, 2)
+    for args in (["evaluate", run, "--data", shapes, "--pred", tmp_path / "p.txt"],
+                 ["evaluate", run, "--data", shapes, "--baseline", "right"],
+                 ["evaluate", run, "--data", shapes, "--max-length", 10],
+                 ["parse", run, "--input", shapes, "--out", tmp_path / "c.jsonl", "--decode",
+                  "viterbi"],
+                 ["sample", run, "--out", tmp_path / "g.png", "--max-length", 5]):
+        refused(runner, cli_app, "grammar-only", *args)
+    assert not (tmp_path / "c.jsonl").exists() and not (tmp_path / "g.png").exists()
+
+
 def test_every_recipe_resolves():
     from gfnem_cli import families
     from gfnem_cli.engine.config import resolve_config
