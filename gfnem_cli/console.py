@@ -5,8 +5,11 @@ narrow the terminal or pipe is: log scrapers and `grep` see the whole of it.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import sys
+import time
 
 import typer
 from rich.console import Console
@@ -51,3 +54,30 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+@contextlib.contextmanager
+def work_progress(label: str, total: int, lines: int = 10):
+    """Progress of a long pass over inputs (parsing, encoding, an NLL estimate): yields
+    `advance(k)`. In a terminal a transient bar; otherwise (a log file, a cluster job) a
+    timestamped line on stderr every ~1/`lines` of the work, flushed at once."""
+    if console.is_terminal:
+        from rich.progress import Progress
+
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda k: bar.advance(task, k)
+        return
+    state = {"done": 0, "next": 0}
+    step = max(1, -(-total // lines))
+    began = time.perf_counter()
+
+    def advance(k: int) -> None:
+        state["done"] += k
+        if state["done"] >= state["next"] or state["done"] >= total:
+            stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp} {label}: {state['done']:,}/{total:,} in "
+                  f"{time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+            state["next"] = state["done"] + step
+
+    yield advance

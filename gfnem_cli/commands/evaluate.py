@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from gfnem_cli.commands.checks import at_least, checkpoint_name
-from gfnem_cli.console import console, friendly_errors, warn
+from gfnem_cli.console import console, friendly_errors, warn, work_progress
 
 
 def predictions(corpus, split: str, gold: list, words: list, baseline: Optional[str],
@@ -165,8 +165,6 @@ def evaluate(
 def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_size, device,
                 seed, max_length, decode_samples):
     """A trained run's span predictions and likelihood figures on the split."""
-    from rich.progress import Progress
-
     from gfnem_cli.engine.errors import GfnemError
     from grammars.evaluation.likelihood import true_grammar_likelihood
     from grammars.inference.run_scores import run_likelihood, run_predictions
@@ -180,10 +178,9 @@ def _run_report(run, corpus, split, words, decode, samples, checkpoint, batch_si
     data = corpus_parse_input(corpus, run, trained.vocab, split, on_warning=warn)
     if samples > 0 and not has_sampler(trained):
         raise GfnemError("--samples needs a run trained with a GFlowNet sampler", run)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("parsing", total=len(data.ids))
+    with work_progress("parsing", len(data.ids)) as advance:
         spans = run_predictions(trained, data.ids, decode, batch_size, decode_samples,
-                                progress=lambda k: progress.advance(task, k))
+                                progress=advance)
     # the likelihood obeys the same length filter as F1
     scored = [ids for ids in data.ids if not max_length or len(ids) <= max_length]
     likelihood = run_likelihood(trained, scored, batch_size, samples, seed)

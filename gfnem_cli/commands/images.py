@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from gfnem_cli.commands.checks import at_least, checkpoint_name
-from gfnem_cli.console import console, warn
+from gfnem_cli.console import console, warn, work_progress
 from gfnem_cli.engine.errors import GfnemError
 
 IMAGE_KINDS = ("shapes", "mnist")
@@ -100,8 +100,6 @@ def _check_shape(trained, data) -> None:
 def parse_images(run: Path, input: Path, split: str, out: Path, samples: int,
                  batch_size: int, seed: int, checkpoint: str, device: str) -> None:
     """codes.jsonl: per image its best sampled code grid, log p(x, z) and log q(z | x)."""
-    from rich.progress import Progress
-
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from vae.inference import best_codes
 
@@ -112,10 +110,9 @@ def parse_images(run: Path, input: Path, split: str, out: Path, samples: int,
     trained = _load(run, checkpoint, device)
     data, images = _split_images(input, split)
     _check_shape(trained, data)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("encoding", total=images.shape[0])
+    with work_progress("encoding", images.shape[0]) as advance:
         codes, joint, lq = best_codes(trained, images, samples, batch_size, seed,
-                                      progress=lambda k: progress.advance(task, k))
+                                      progress=advance)
     lines = [json.dumps({"index": i, "codes": c, "log_joint": round(j, 4), "log_q": round(q, 4)})
              for i, (c, j, q) in enumerate(zip(codes.tolist(), joint.tolist(), lq.tolist()))]
     write_text_atomic(out, "".join(line + "\n" for line in lines))
@@ -127,8 +124,6 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
                     json_out: Optional[Path], seed: int, checkpoint: str, batch_size: int,
                     device: str) -> None:
     """Test NLL of an image run (importance sampling), and the true NLL of shapes."""
-    from rich.progress import Progress
-
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from vae.inference import run_nll
 
@@ -150,10 +145,9 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
     trained = _load(run, checkpoint, device)
     images_set, images = _split_images(data, split)
     _check_shape(trained, images_set)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"NLL (M={samples})", total=images.shape[0])
+    with work_progress(f"NLL (M={samples})", images.shape[0]) as advance:
         figures = run_nll(trained, images, samples, batch_size, seed,
-                          progress=lambda k: progress.advance(task, k))
+                          progress=advance)
     true_nll = images_set.true_nll(split)
     if true_nll is not None:
         figures["true_nll"] = true_nll

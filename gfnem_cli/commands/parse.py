@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from gfnem_cli.commands.checks import at_least, checkpoint_name
-from gfnem_cli.console import console, friendly_errors, warn
+from gfnem_cli.console import console, friendly_errors, warn, work_progress
 
 
 @friendly_errors
@@ -46,8 +46,6 @@ def parse(
         images.parse_images(run, input, split, out, samples, batch_size, 0, checkpoint,
                             device)
         return
-    from rich.progress import Progress
-
     from gfnem_cli import families
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
@@ -69,10 +67,9 @@ def parse(
     if data.skipped_lines:
         console.print(f"[dim]note:[/] {data.skipped_lines:,} blank or `#` lines of the input "
                       "were skipped: output line k is the k-th sentence", highlight=False)
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("parsing", total=len(data.ids))
+    with work_progress("parsing", len(data.ids)) as advance:
         trees = parse_sentences(trained, data.ids, decode, batch_size, samples,
-                                progress=lambda k: progress.advance(task, k))
+                                progress=advance)
     lines = [t.to_brackets([w])[0] for t, w in zip(trees, data.words)]
     write_text_atomic(out, "".join(line + "\n" for line in lines))
     console.print(f"wrote {len(lines)} trees ({decode}) to {out}")

@@ -381,3 +381,16 @@ def test_a_run_info_that_is_not_a_mapping_does_not_block_a_resume(tmp_path, corp
     result = train(runner, cli_app, recipe, run, "--set", "train.steps=8", "--resume")
     assert result.exit_code == 0, result.output
     assert isinstance(json.loads((run / "run_info.json").read_text()), dict)
+
+
+def test_parse_progress_reaches_a_log_file(tmp_path, corpus, runner, cli_app):
+    run = tmp_path / "run"
+    assert train(runner, cli_app, write_recipe(tmp_path, corpus), run).exit_code == 0
+    done = subprocess.run([sys.executable, "-m", "gfnem_cli", "parse", str(run), "--input",
+                           str(corpus), "--split", "train", "--out", str(tmp_path / "p.txt"),
+                           "--batch-size", "4", "--device", "cpu"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if " parsing: " in line]
+    assert len(lines) >= 5 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", lines[0])
+    assert lines[-1].split(" parsing: ")[1].startswith("48/48")
