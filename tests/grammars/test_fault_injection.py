@@ -13,6 +13,7 @@ come from a fixed-seed RNG over the calls a reference run makes, so every case i
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_gfnem_train_cli import TINY as CLI_TINY
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().parents[1] / "fault_driver.py"
@@ -127,18 +129,10 @@ def umount(point: Path) -> None:
     subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=20)
 
 
-TINY = {
-    "data": {"path": "", "max_train_length": 8, "max_valid_sentences": 6},
-    "model": {"kind": "npcfg", "nonterminals": 4, "preterminals": 5, "symbol_dim": 16},
-    "method": "gfnem",
-    "sampler": {"d_model": 16, "num_layers": 1, "num_heads": 2, "temperature": 1.1,
-                "local_search_rounds": 1, "local_search_steps": 2},
-    "em": {"threshold_max": float("inf"), "threshold_min": float("inf"),
-           "mstep_local_search_rounds": 1, "sleep_weight": 1.0, "sleep_max_length": 6,
-           "valid_samples": 4},
-    "train": {"steps": 6, "batch_size": 4, "eval_every": 2, "checkpoint_every": 3,
-              "eval_batch_size": 8, "seed": 3},
-}
+# the tiny GFlowNet-EM recipe of the CLI tests, with more steps and checkpoints between them
+TINY = {**{k: v for k, v in copy.deepcopy(CLI_TINY).items() if k != "mcem"},
+        "train": {"steps": 6, "batch_size": 4, "eval_every": 2, "checkpoint_every": 3,
+                  "eval_batch_size": 8, "seed": 3}}
 STEPS = TINY["train"]["steps"]
 SEED = 20240610
 VOLATILE = {"time", "items_per_s", "train_seconds"}
