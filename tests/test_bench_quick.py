@@ -42,11 +42,11 @@ def test_worker_env_pins_every_thread_pool():
 
 
 def test_quick_benchmarks_end_to_end(tmp_path):
-    """inside, training and tree sampler in quick mode through run_all.py: exit 0, one results
-    file with the machine, commit, load, pinned threads and interleaved timings of every
-    candidate (ours and each reference)."""
+    """inside, training, tree sampler and images in quick mode through run_all.py: exit 0, one
+    results file with the machine, commit, load, pinned threads and interleaved timings of
+    every candidate (ours and each reference)."""
     done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--quick", "inside",
-                           "training", "tree_sampler", "--results", str(tmp_path)],
+                           "training", "tree_sampler", "images", "--results", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (path,) = tmp_path.glob("*cores-*.json")
@@ -54,7 +54,7 @@ def test_quick_benchmarks_end_to_end(tmp_path):
     assert record["machine"]["cpu_count"] >= 1 and record["machine"]["torch"]
     assert record["machine"]["commit"] in path.name
     assert len(record["load_before"]) == 3 and len(record["load_after"]) == 3
-    assert [b["exit"] for b in record["benchmarks"]] == [0, 0, 0]
+    assert [b["exit"] for b in record["benchmarks"]] == [0, 0, 0, 0]
     rows = {r["bench"]: r for r in record["rows"]}
     inside = rows["inside"]
     assert set(inside["stats"]) == {"ours", "torch-struct", "matmul2048"}
@@ -67,3 +67,12 @@ def test_quick_benchmarks_end_to_end(tmp_path):
     assert set(rows["tree_sampler"]["stats"]) == {"sample", "reference_loop", "train_step",
                                                   "em_step"}
     assert rows["tree_sampler"]["intra_op_threads"] == 1
+    images = [r for r in record["rows"] if r["bench"] == "images"]
+    assert [(r["size"], r["part"]) for r in images] == [("small", "training"), ("small", "nll")]
+    assert {"gfnem-raster estep", "gfnem-raster mstep", "gfnem-any step", "vqvae step",
+            "gumbel step", "reinforce step"} <= set(images[0]["stats"])
+    for row in images:
+        assert row["intra_op_threads"] == 1
+        assert all(len(s["wall_s"]) >= 3 for s in row["stats"].values())
+        assert all(f["x_reference_median"] > 0 for f in row["figures"].values()
+                   if "reference" in f)
