@@ -4,7 +4,9 @@ One function for both families: given a row of action logits and the legal actio
 from q = (1−ε)·softmax(logits / T) + ε·uniform(legal) — the tempered, ε-uniform exploration
 of Hu et al. (2023) — while returning the log-probability of the chosen action under the
 untempered policy π = softmax(logits) as well, since the objectives train π and importance
-weights need q. q = π exactly when T = 1 and ε = 0.
+weights need q. q = π exactly when T = 1 and ε = 0. T = 0 is the limit T → 0: the most
+probable legal action (ties to the lowest index), the greedy draws of the paper's decoder
+updates; then log q = 0 for it when ε = 0.
 """
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ def choose(logits: torch.Tensor, mask: torch.Tensor | None = None, temperature: 
     if temperature == 1.0 and epsilon == 0.0:
         log_q = log_pi
     else:
-        q = torch.softmax(logits / temperature, dim=-1)
+        if temperature == 0.0:
+            q = torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        else:
+            q = torch.softmax(logits / temperature, dim=-1)
         if epsilon > 0.0:
             legal = torch.ones_like(q) if mask is None else mask.to(q.dtype)
             q = (1.0 - epsilon) * q + epsilon * legal / legal.sum(-1, keepdim=True).clamp(min=1.0)

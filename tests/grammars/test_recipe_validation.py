@@ -247,6 +247,11 @@ def test_cross_key_constraints(tmp_path):
     resolve_config(GRAMMAR_DEFAULTS, R, ["sampler.num_heads=3"])     # no sampler: not checked
     path = write(tmp_path, "method: gfnem\nobjective:\n  name: vargrad\n")
     assert refused([], recipe=path).line == 3        # placed at the key the recipe set
+    # a temperature for fresh M-step draws is refused when the M-step reuses the E-step's
+    error = refused(["em.mstep_reuse_samples=true", "em.mstep_temperature=0"])
+    assert "mstep_reuse_samples" in error.message and "mstep_temperature" in error.message
+    assert resolve_config(GRAMMAR_DEFAULTS, R, ["em.mstep_temperature=0"])["em"][
+        "mstep_temperature"] == 0                     # 0 = greedy draws, in range
 
 
 def test_set_can_fix_what_the_recipe_breaks(tmp_path):

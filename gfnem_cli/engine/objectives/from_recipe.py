@@ -91,7 +91,9 @@ def em_section(*, threshold_max: float = 6.0, threshold_min: float = 3.0,
         "threshold_horizon": Key(threshold_horizon, COUNT),   # 0 = threshold_min from the start
         "ema_decay": Key(0.9, UNIT_INTERVAL_OPEN),
         "mstep_samples": Key(1, AT_LEAST_ONE),    # latents per input in the M-step
-        "mstep_temperature": Key(1.0, POSITIVE),  # policy temperature of fresh M-step draws
+        "mstep_temperature": Key(1.0, NON_NEGATIVE),  # policy temperature of fresh M-step
+        #   draws; 0 = greedy, the most probable action at every step (the official
+        #   code's greedy decoder updates, its greedy_prob = 1)
         "mstep_reuse_samples": Key(False, BOOLEAN),   # M-step on the E-step's latents (paper code)
         "mstep_local_search_rounds": Key(0, COUNT),   # local-search rounds on M-step latents
                                                       # (paper: 10)
@@ -138,6 +140,11 @@ def shared_conflicts(config: dict, input_word: str):
                        f"em.threshold_min ({em['threshold_min']:g}) is above em.threshold_max "
                        f"({em['threshold_max']:g}); the threshold decays from max to min",
                        "swap them, or set both equal for a constant threshold")
+    if em["mstep_reuse_samples"] and em["mstep_temperature"] != 1.0:
+        yield Conflict(("em.mstep_reuse_samples", "em.mstep_temperature"),
+                       f"em.mstep_temperature ({em['mstep_temperature']:g}) shapes fresh M-step "
+                       "draws, but em.mstep_reuse_samples: true fits the E-step's latents",
+                       "set em.mstep_reuse_samples: false, or leave em.mstep_temperature at 1")
     name, n = config["objective"]["name"], config["sampler"]["samples_per_input"]
     if config["method"] == "gfnem" and name in DIVERGENCES + ("vargrad",) and n < 2:
         yield Conflict(("sampler.samples_per_input", "objective.name"),
