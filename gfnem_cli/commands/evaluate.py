@@ -95,6 +95,9 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size", help="With RUN: sentences per batch "
                                    "(>= 1)."),
     device: str = typer.Option("auto", "--device", help="With RUN: auto, cpu or cuda."),
+    max_images: int = typer.Option(0, "--max-images", help="Image runs: the NLL of the "
+                                   "split's first this many images only (a quick look; the "
+                                   "report says how many of how many); 0 = all."),
 ) -> None:
     """Unlabeled bracketing F1 (DESIGN §6): width-1 and whole-sentence spans dropped, 1-word
     sentences skipped, sentence F1 (mean per sentence) and corpus F1 (pooled counts).
@@ -110,7 +113,7 @@ def evaluate(
                                max_length=(max_length, 0), decode=(decode, "auto"),
                                decode_samples=(decode_samples, 16))
         images.evaluate_images(run, data, split, samples, json_out, seed, checkpoint,
-                               batch_size, device)
+                               batch_size, device, max_images)
         return
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
@@ -124,6 +127,9 @@ def evaluate(
         raise GfnemError("give a RUN, or --baseline, or --pred: one source of trees")
     if run is None and (baseline is None) == (pred is None):
         raise GfnemError("give exactly one of --baseline or --pred (or a RUN)")
+    if max_images:
+        raise GfnemError("--max-images limits an image run's NLL; sentences are selected by "
+                         "--max-length", hint="drop --max-images")
     at_least("--max-length", max_length, 0, "0 scores every length")
     at_least("--samples", samples, 0, "0 means the exact NLL where there is one")
     at_least("--decode-samples", decode_samples, 1)

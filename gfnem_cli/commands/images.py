@@ -122,7 +122,7 @@ def parse_images(run: Path, input: Path, split: str, out: Path, samples: int,
 
 def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
                     json_out: Optional[Path], seed: int, checkpoint: str, batch_size: int,
-                    device: str) -> None:
+                    device: str, max_images: int = 0) -> None:
     """Test NLL of an image run (importance sampling), and the true NLL of shapes."""
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from vae.inference import run_nll
@@ -138,6 +138,7 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
                          hint="create one with `gfnem prepare shapes` or `gfnem prepare mnist`")
     at_least("--samples", samples, 0, f"0 means M={DEFAULT_SAMPLES}")
     at_least("--batch-size", batch_size, 1)
+    at_least("--max-images", max_images, 0, "0 evaluates every image")
     checkpoint_name(checkpoint)
     if json_out is not None:
         check_output_file(json_out)
@@ -145,19 +146,23 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
     trained = _load(run, checkpoint, device)
     images_set, images = _split_images(data, split)
     _check_shape(trained, images_set)
+    split_size = images.shape[0]
+    if max_images:
+        images = images[:max_images]
     with work_progress(f"NLL (M={samples})", images.shape[0]) as advance:
         figures = run_nll(trained, images, samples, batch_size, seed,
                           progress=advance)
-    true_nll = images_set.true_nll(split)
+    true_nll = images_set.true_nll(split, images.shape[0])
     if true_nll is not None:
+        true_nll, figures["true_nll_stderr"] = true_nll
         figures["true_nll"] = true_nll
-        figures["true_nll_stderr"] = images_set.manifest.get("true_nll_stderr", {}).get(split)
     if images_set.fingerprint != trained.manifest.get("fingerprint"):
         warn(f"{data} is not the set the run was trained on")
     kind = "bound" if figures["nll_is_bound"] else "exact"
     text = (f"NLL {figures['nll_nats']:.3f} ± {figures['nll_stderr']:.3f} nats/image "
             f"({kind}, {figures['nll_method']}), {figures['bits_per_dim']:.4f} bits/pixel, "
-            f"{figures['num_images']:,} {split} images")
+            f"{figures['num_images']:,} {split} images"
+            + (f" (the first of {split_size:,})" if figures["num_images"] < split_size else ""))
     for m in (1, 100):
         if f"nll_nats_m{m}" in figures and m != figures["samples"]:
             text += f"\n  M={m}: {figures[f'nll_nats_m{m}']:.3f} ± {figures[f'nll_stderr_m{m}']:.3f}"
@@ -167,5 +172,6 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
     if json_out is not None:
         payload = {**figures, "method": trained.method, "run": str(run),
                    "checkpoint_step": trained.step, "data": str(data), "split": split,
-                   "fingerprint": images_set.fingerprint, "seed": seed}
+                   "fingerprint": images_set.fingerprint, "seed": seed,
+                   "split_images": split_size}
         write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")

@@ -54,6 +54,11 @@ def test_prepare_ptb_then_evaluate_baselines_and_pred(runner, cli_app, tiny_mrg,
     data = read_json(report)
     assert (data["num_sentences"], data["sentence_f1"]) == (3, pytest.approx(200 / 3, abs=1e-3))
     assert data["length_filter"]["max_length"] == 3
+    # --max-images is the image runs' option: refused for sentences, nothing written
+    report.unlink()
+    result = invoke(runner, cli_app, "evaluate", "--data", out, "--baseline", "right",
+                    "--max-images", 2, "--json", report)
+    assert result.exit_code == 2 and "--max-length" in result.output and not report.exists()
     # --pred with the split's tokens (normalized forms) is accepted and scored like a baseline
     pred = tmp_path / "pred.txt"
     pred.write_text("(A (A (T the) (T dog)) (T barked))\n(A (T he) (T left))\n(T hello)\n"
@@ -187,7 +192,7 @@ def test_latin1_input_warns_and_is_read(runner, cli_app, tmp_path):
     (["prepare", "synthetic"], ["--out", "--num-sentences", "--max-length", "--seed",
                                 "--ratios"]),
     (["evaluate"], ["--data", "--split", "--baseline", "--pred", "--json", "--seed",
-                    "--max-length"]),
+                    "--max-length", "--max-images"]),
 ])
 def test_help_explains_every_option(runner, cli_app, command, options):
     result = runner.invoke(cli_app, command + ["--help"], env={"COLUMNS": "200"})

@@ -98,6 +98,20 @@ def test_prepare_train_sample_parse_evaluate(tmp_path, shapes, runner, cli_app):
     assert figures["bits_per_dim"] == pytest.approx(
         figures["nll_nats"] / (784 * torch.log(torch.tensor(2.0)).item()))
 
+    # a quick look at the first 3 images: the floor is theirs, the report says so
+    result = ok(runner, cli_app, "evaluate", run, "--data", shapes, "--samples", 20,
+                "--max-images", 3, "--json", tmp_path / "part.json")
+    part = json.loads((tmp_path / "part.json").read_text())
+    assert part["num_images"] == 3 and part["split_images"] == 8
+    assert "the first of 8" in result.output
+    from vae.data.shapes import ShapesModel
+    from vae.data.dataset import load_image_set
+    first = load_image_set(shapes).images("test")[:3]
+    floor = -ShapesModel.from_options(manifest["model"]).log_marginal(first).mean()
+    assert part["true_nll"] == pytest.approx(float(floor))
+    refused(runner, cli_app, "--max-images", "evaluate", run, "--data", shapes,
+            "--max-images", -1)
+
 
 def _method_tensors(run: Path) -> dict:
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["method"]

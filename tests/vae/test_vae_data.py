@@ -179,10 +179,16 @@ def test_shapes_set_round_trip_and_floor(tmp_path):
     assert data.codes("test").shape == (20, 4, 4)
     model = ShapesModel.from_options(manifest["model"])
     nll = -model.log_marginal(data.images("test")).mean()
-    assert abs(float(nll) - data.true_nll("test")) < 1e-9
+    assert abs(float(nll) - data.true_nll("test")[0]) < 1e-9
     # the floor lies below the NLL of the true codes' joint (marginal >= joint)
     joint = -model.log_joint(data.images("test"), data.codes("test")).mean()
-    assert data.true_nll("test") <= float(joint) + 1e-9
+    assert data.true_nll("test")[0] <= float(joint) + 1e-9
+    # a partial evaluation's floor is the first images' own, not the split's
+    first = -model.log_marginal(data.images("test")[:7])
+    part, err = data.true_nll("test", 7)
+    assert abs(part - float(first.mean())) < 1e-9 and part != data.true_nll("test")[0]
+    assert abs(err - float(first.std() / 7 ** 0.5)) < 1e-9
+    assert data.true_nll("test", 20) == data.true_nll("test")
     # changing the training size leaves the test split alone
     other = prepare_shapes(tmp_path / "t", {"train": 10, "valid": 0, "test": 20}, seed=3)
     assert other["true_nll"]["test"] == manifest["true_nll"]["test"]

@@ -66,10 +66,20 @@ class ImageSet:
             return None
         return self._column(name, "codes", (-1, *grid), torch.long)
 
-    def true_nll(self, name: str) -> float | None:
-        """Exact −log p(x) in nats per image under the generating model, where it is known."""
+    def true_nll(self, name: str, first: int = 0) -> tuple[float, float] | None:
+        """(mean, standard error) of the exact −log p(x) in nats per image under the
+        generating model, where it is known: the stored split figure, or for the split's
+        `first` images only (a partial evaluation) recomputed by the generating model."""
         value = self.manifest.get("true_nll", {}).get(name)
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        if first and first < self.sizes[name]:
+            from vae.data.shapes import ShapesModel
+
+            nll = -ShapesModel.from_options(self.manifest["model"]).log_marginal(
+                self.images(name)[:first])
+            return float(nll.mean()), float(nll.std() / len(nll) ** 0.5) if len(nll) > 1 else 0.0
+        return float(value), float(self.manifest.get("true_nll_stderr", {}).get(name, 0.0))
 
     def _column(self, split: str, column: str, shape, dtype) -> torch.Tensor:
         key = (split, column)
