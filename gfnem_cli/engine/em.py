@@ -17,6 +17,11 @@ compositional latent variable models". One training step on a batch of inputs x:
 3. **Sleep phase** (optional; the family's `SleepPhase`): sample (x̃, z̃) from the model and
    train P_F by maximum likelihood on a trajectory to z̃.
 
+With `alternate_every` = k > 0 the steps come in phases instead, as in the official VAE
+code: k M-step-only steps (θ moves on fresh draws from the sampler, no E-step), then k
+E-step-only steps (φ and the sleep phase), and so on from an M phase at step 0; the E-loss
+gate is then not consulted.
+
 The baselines run through the same loop by swapping the E-step (`estep.PosteriorEStep`).
 
 Every loss is checked before any optimizer step (`trainer.check_finite`, `trainer.checked_clip`):
@@ -49,6 +54,13 @@ class EMOptions:
     importance_weighted: bool = False
     model_grad_clip: float = 3.0
     reduce_loss: Callable[[float], float] | None = None
+    alternate_every: int = 0
+
+    def phase(self, step: int) -> str | None:
+        """"m" or "e" when the steps alternate in phases, else None (the gate decides)."""
+        if self.alternate_every <= 0:
+            return None
+        return "m" if (step // self.alternate_every) % 2 == 0 else "e"
 
 
 class EMLoop:
@@ -65,6 +77,9 @@ class EMLoop:
         self.model_optimizer = model_optimizer
         self.model_parameters = list(model_parameters)
         self._validate, self.modules = validate, modules
+        if options.alternate_every > 0 and getattr(estep, "mstep_reuse_samples", False):
+            raise ValueError("an M phase has no E-step latents to reuse: alternating phases "
+                             "need fresh M-step draws")
         self.ema = MovingAverage(options.ema_decay)
         self.model_updates = 0          # M-steps taken (the trainer's max_model_updates reads it)
         self.steps = 0
@@ -84,8 +99,10 @@ class EMLoop:
         clear_grads(self._all_parameters())
         metrics: dict[str, float] = {}
         do_m, ema_next, tau = True, None, None
+        phase = opts.phase(self.steps)
+        do_e = estep.trains_sampler and phase != "m"
 
-        if estep.trains_sampler:
+        if do_e:
             loss, e_value, stats = estep.loss(batch)
             self._check(loss)
             loss.backward()
@@ -98,7 +115,7 @@ class EMLoop:
             # short sentences, whose E-loss is smaller, for nearly every M-step)
             gate = self.ema.value if self.ema.value is not None else e_value
             tau = opts.threshold(self.model_updates)
-            do_m = gate < tau
+            do_m = gate < tau if phase is None else False
             metrics.update(loss=e_value, e_loss=e_value, e_loss_ema=ema_next, e_loss_gate=gate,
                            tau=tau, **stats)
             sleep, sleep_stats = estep.sleep_loss(batch, self.steps)
@@ -131,18 +148,18 @@ class EMLoop:
                 metrics[f"mstep_nll_per_{self.family.nll_unit}"] = (
                     float(-log_p.detach().double().sum()) / units)
             metrics.update(draw.stats)
-            if not estep.trains_sampler:
+            if not do_e:
                 metrics["loss"] = metrics["mstep_loss"]
 
         # every loss is finite: clip, check the norms, then step
         everything = self._all_parameters()
-        if estep.trains_sampler:
+        if do_e:
             metrics["sampler_grad_norm"] = checked_clip(estep.parameters, estep.grad_clip,
                                                         clear=everything)
         if do_m:
             metrics["model_grad_norm"] = checked_clip(self.model_parameters,
                                                       opts.model_grad_clip, clear=everything)
-        if estep.trains_sampler:
+        if do_e:
             estep.optimizer.step()
         if do_m:
             self.model_optimizer.step()
@@ -151,7 +168,8 @@ class EMLoop:
             self.ema.update(metrics["e_loss"])
         self.steps += 1
         clear_grads(everything)
-        metrics.update(mstep=float(do_m), model_updates=float(self.model_updates))
+        metrics.update(mstep=float(do_m), estep=float(do_e),
+                       model_updates=float(self.model_updates))
         return metrics
 
     def _mstep_terms(self, batch: Any, draw: Draw) -> tuple[torch.Tensor, torch.Tensor | None]:

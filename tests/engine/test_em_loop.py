@@ -341,3 +341,23 @@ def test_baseline_estep_runs_the_mstep_every_step_on_exact_posterior_draws():
     with pytest.raises(ValueError):
         PosteriorEStep(exact_draws).draw(DATA, 1, True)
     assert isinstance(PosteriorEStep(exact_draws).draw(DATA, 1, False), Draw)
+
+
+def test_alternating_phases_move_theta_then_phi_in_blocks():
+    """alternate_every = 3: steps 0-2 move θ only (fresh draws, no E-loss), 3-5 φ only (and the
+    sleep phase), then θ again; the gate is never consulted."""
+    torch.manual_seed(0)
+    loop, model, sampler, _ = make_loop(tau=(-math.inf, -math.inf),
+                                        estep_kw={"sleep_weight": 0.5},
+                                        options_kw={"alternate_every": 3})
+    for step in range(9):
+        theta, logits = model.theta.detach().clone(), sampler.logits.detach().clone()
+        m = loop.train_step(DATA)
+        in_m = step // 3 % 2 == 0
+        assert m["mstep"] == float(in_m) and m["estep"] == float(not in_m)
+        assert (not torch.equal(theta, model.theta.detach())) == in_m
+        assert (not torch.equal(logits, sampler.logits.detach())) == (not in_m)
+        assert ("e_loss" in m) == (not in_m) and ("sleep_nll" in m) == (not in_m)
+    assert loop.model_updates == 6
+    with pytest.raises(ValueError, match="reuse"):
+        make_loop(estep_kw={"mstep_reuse_samples": True}, options_kw={"alternate_every": 3})

@@ -252,6 +252,11 @@ def test_cross_key_constraints(tmp_path):
     assert "mstep_reuse_samples" in error.message and "mstep_temperature" in error.message
     assert resolve_config(GRAMMAR_DEFAULTS, R, ["em.mstep_temperature=0"])["em"][
         "mstep_temperature"] == 0                     # 0 = greedy draws, in range
+    # phases replace the gate and cannot reuse E-step latents
+    phases = ["em.alternate_every=400", "em.threshold_max=.inf", "em.threshold_min=.inf"]
+    resolve_config(GRAMMAR_DEFAULTS, R, phases)
+    assert "alternate_every" in refused(["em.alternate_every=400"]).message
+    assert "mstep_reuse_samples" in refused(phases + ["em.mstep_reuse_samples=true"]).message
 
 
 def test_set_can_fix_what_the_recipe_breaks(tmp_path):

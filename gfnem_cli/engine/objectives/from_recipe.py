@@ -24,6 +24,8 @@ and read back by
 """
 from __future__ import annotations
 
+import math
+
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.family import Exploration
 from gfnem_cli.engine.objectives import OBJECTIVES, build_objective
@@ -90,6 +92,9 @@ def em_section(*, threshold_max: float = 6.0, threshold_min: float = 3.0,
         "threshold_min": Key(threshold_min, ANY_THRESHOLD),
         "threshold_horizon": Key(threshold_horizon, COUNT),   # 0 = threshold_min from the start
         "ema_decay": Key(0.9, UNIT_INTERVAL_OPEN),
+        # k > 0: phases of k M-step-only then k E-step-only steps (the official VAE code's
+        # alternate_every, 400), instead of the gate; 0 = no phases
+        "alternate_every": Key(0, COUNT),
         "mstep_samples": Key(1, AT_LEAST_ONE),    # latents per input in the M-step
         "mstep_temperature": Key(1.0, NON_NEGATIVE),  # policy temperature of fresh M-step
         #   draws; 0 = greedy, the most probable action at every step (the official
@@ -140,6 +145,16 @@ def shared_conflicts(config: dict, input_word: str):
                        f"em.threshold_min ({em['threshold_min']:g}) is above em.threshold_max "
                        f"({em['threshold_max']:g}); the threshold decays from max to min",
                        "swap them, or set both equal for a constant threshold")
+    if em["alternate_every"] and em["mstep_reuse_samples"]:
+        yield Conflict(("em.alternate_every", "em.mstep_reuse_samples"),
+                       "em.mstep_reuse_samples: true fits the E-step's latents, but an M phase "
+                       "(em.alternate_every) runs no E-step", "set em.mstep_reuse_samples: false")
+    if em["alternate_every"] and (em["threshold_max"], em["threshold_min"]) != (math.inf,
+                                                                                math.inf):
+        yield Conflict(("em.alternate_every", "em.threshold_max"),
+                       "em.alternate_every replaces the E-loss gate, which would be ignored",
+                       "set em.threshold_max and em.threshold_min to .inf, or "
+                       "em.alternate_every: 0")
     if em["mstep_reuse_samples"] and em["mstep_temperature"] != 1.0:
         yield Conflict(("em.mstep_reuse_samples", "em.mstep_temperature"),
                        f"em.mstep_temperature ({em['mstep_temperature']:g}) shapes fresh M-step "
@@ -165,7 +180,7 @@ def em_options_from_config(config: dict):
                                     int(em["threshold_horizon"])),
         ema_decay=em["ema_decay"], mstep_samples=em["mstep_samples"],
         importance_weighted=em["importance_weighted"],
-        model_grad_clip=config["train"]["grad_clip"])
+        model_grad_clip=config["train"]["grad_clip"], alternate_every=em["alternate_every"])
 
 
 def model_optimizer_from_config(config: dict, parameters):
