@@ -2,15 +2,17 @@
 
 Checkpoints made before issue 11 keep the EM loop's model optimizer under `grammar_optimizer`
 and its M-step count under em.`grammar_updates`. This test trains a tiny GFlowNet-EM run,
-rewrites both of its checkpoints into that old format (the new keys renamed back), and checks
-that `--resume` continues it exactly as an uninterrupted run, and that `evaluate` and `parse`
-read it.
+rewrites both of its checkpoints into that old format (the new keys renamed back, and a recipe
+key added later, em.alternate_every, removed from the checkpoints' configs and config.yaml),
+and checks that `--resume` continues it exactly as an uninterrupted run, and that `evaluate`
+and `parse` read it.
 """
 from __future__ import annotations
 
 import json
 
 import torch
+import yaml
 
 from test_gfnem_train_cli import assert_same_state, corpus, metric_lines, recipe, train  # noqa: F401
 
@@ -20,7 +22,14 @@ def to_old_format(path) -> None:
     method = state["method"]
     method["grammar_optimizer"] = method.pop("model_optimizer")
     method["em"]["grammar_updates"] = method["em"].pop("model_updates")
+    del state["config"]["em"]["alternate_every"]          # made before the key existed
     torch.save(state, path)
+
+
+def drop_new_key(config_yaml) -> None:
+    config = yaml.safe_load(config_yaml.read_text())
+    del config["em"]["alternate_every"]
+    config_yaml.write_text(yaml.safe_dump(config))
 
 
 def test_checkpoint_upgrade_maps_the_old_keys_only():
@@ -44,6 +53,7 @@ def test_old_format_run_resumes_exactly_and_evaluates(tmp_path, corpus, runner, 
     train(runner, cli_app, path, old, "--set", "train.steps=2")
     for name in ("last.pt", "best.pt"):
         to_old_format(old / "checkpoints" / name)
+    drop_new_key(old / "config.yaml")
     assert "grammar_updates" in torch.load(old / "checkpoints" / "last.pt",
                                            weights_only=False)["method"]["em"]
     result = runner.invoke(cli_app, ["evaluate", str(old), "--data", str(corpus),
