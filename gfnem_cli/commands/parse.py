@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -12,18 +13,35 @@ from gfnem_cli.console import console, friendly_errors, warn, work_progress
 @friendly_errors
 def parse(
     run: Path = typer.Argument(..., help="A run directory written by `gfnem train`."),
-    input: Path = typer.Option(..., "--input", "-i", help="Raw text (one sentence per line, "
-                               "whitespace-tokenized; blank and `#` lines are skipped, so "
-                               "output line k is the k-th sentence, not input line k) or a "
-                               "corpus folder written by `gfnem prepare` (see --split)."),
+    input: Path = typer.Option(..., "--input", "-i", help="What to parse, told by its "
+                               "content, whatever its name: raw text (one sentence per line; "
+                               "see --tokenize; blank, `#` and punctuation-only lines give an "
+                               "empty tree `()`, so output line k answers input line k); a "
+                               "bracketed treebank (`.mrg` or one tree per line: each tree's "
+                               "words kept by the run's own tag filter and normalization, one "
+                               "output line per tree); or a corpus folder written by `gfnem "
+                               "prepare` (see --split). A folder of `.mrg` files is refused "
+                               "with the `gfnem prepare ptb` command that prepares it."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: one bracketed tree per "
-                             "input sentence, with the input's original words."),
+                             "line of raw text, tree of a treebank or sentence of a corpus "
+                             "split, with the input's original words (kept ones)."),
     decode: str = typer.Option("auto", "--decode", help="auto: viterbi for context-free "
                                "grammars, mbr for the others; viterbi: the most probable labeled "
                                "tree; mbr: the tree maximizing expected correct spans (CKY over "
                                "span marginals); sample: the best of --samples sampled trees by "
                                "log p(x, z) (GFlowNet runs)."),
     split: str = typer.Option("test", "--split", help="Which split of a corpus folder to parse."),
+    tokenize: Optional[str] = typer.Option(None, "--tokenize", help="Raw text only: ptb (the "
+                                           "default: Penn-Treebank-style splitting of "
+                                           "punctuation, quotes, contractions and currency: "
+                                           "`don't` -> `do n't`, `$1.5` -> `$ 1.5`, `1990.` -> "
+                                           "`1990 .`) or whitespace (split on spaces only, "
+                                           "for text tokenized already). Lowercasing and "
+                                           "digit mapping follow the run's training corpus."),
+    keep_punct: bool = typer.Option(False, "--keep-punct", help="Raw text only: keep "
+                                    "punctuation tokens (`, . `` '' -LRB- $ #`...). By "
+                                    "default they are dropped, as the evaluation protocol's "
+                                    "36 word tags drop punctuation leaves from treebanks."),
     samples: int = typer.Option(16, "--samples", help="Trees sampled per sentence for "
                                 "--decode sample (>= 1)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sentences decoded together "
@@ -36,20 +54,25 @@ def parse(
     --samples sampled code grids with log p(x, z) and log q(z | x).
 
     Nonterminals are written NT-k, preterminals T-k (Viterbi) or T; unknown words map to
-    <unk> inside the model only. The output reads back with `gfnem evaluate --pred`.
+    <unk> inside the model only, and the share of them is printed (a warning above 5%, with
+    the ten most frequent). The output of a corpus split reads back with `gfnem evaluate
+    --pred`.
     """
     from gfnem_cli.commands import images
     from gfnem_cli.commands.checks import grammar_options_unused
 
     if images.is_image_run(run):        # an image run: each image's best sampled code grid
-        grammar_options_unused(decode=(decode, "auto"))
+        grammar_options_unused(decode=(decode, "auto"), tokenize=(tokenize, None),
+                               keep_punct=(keep_punct, False))
         images.parse_images(run, input, split, out, samples, batch_size, 0, checkpoint,
                             device)
         return
     from gfnem_cli import families
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
-    from grammars.data.inputs import read_parse_input
+    from rich.markup import escape
+    from grammars.data.inputs import read_parse_input, unknown_words
+    from grammars.data.raw_text import TextOptions
     from grammars.inference.parsing import DECODERS, parse_sentences, resolve_decode
 
     # every check before the model is loaded or a sentence decoded
@@ -58,18 +81,35 @@ def parse(
     at_least("--batch-size", batch_size, 1)
     at_least("--samples", samples, 1)
     checkpoint_name(checkpoint)
+    text_options = None
+    if tokenize is not None or keep_punct:
+        text_options = TextOptions(tokenize or "ptb", keep_punct).check()
     check_output_file(out)
     trained = families.for_run(run).load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
-    data = read_parse_input(input, run, trained.vocab, split, on_warning=warn)
-    if not data.words:
+    data = read_parse_input(input, run, trained.vocab, split, on_warning=warn,
+                            text_options=text_options)
+    if not any(data.words):
         raise GfnemError("no sentences to parse", input)
-    if data.skipped_lines:
-        console.print(f"[dim]note:[/] {data.skipped_lines:,} blank or `#` lines of the input "
-                      "were skipped: output line k is the k-th sentence", highlight=False)
-    with work_progress("parsing", len(data.ids)) as advance:
-        trees = parse_sentences(trained, data.ids, decode, batch_size, samples,
-                                progress=advance)
-    lines = [t.to_brackets([w])[0] for t, w in zip(trees, data.words)]
+    for note in data.notes:
+        console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    unknown = unknown_words(data)
+    console.print(escape(unknown.line(len(trained.vocab))), highlight=False)
+    if unknown.warning():
+        warn(unknown.warning())
+    rows = [k for k, ids in enumerate(data.ids) if ids]
+    with work_progress("parsing", len(rows)) as advance:
+        trees = parse_sentences(trained, [data.ids[k] for k in rows], decode, batch_size,
+                                samples, progress=advance)
+    lines = ["()"] * len(data.ids)
+    for k, tree in zip(rows, trees):
+        lines[k] = tree.to_brackets([data.words[k]])[0]
     write_text_atomic(out, "".join(line + "\n" for line in lines))
-    console.print(f"wrote {len(lines)} trees ({decode}) to {out}")
+    empty = len(lines) - len(rows)
+    console.print(f"wrote {_count(len(lines), 'line')} ({_count(len(rows), 'tree')}"
+                  + (f", {empty:,} empty `()`" if empty else "") + f"; {decode}) to "
+                  f"{escape(str(out))}", highlight=False)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

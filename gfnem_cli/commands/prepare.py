@@ -73,6 +73,19 @@ def _finish(corpus, out: Path, extra_files: dict | None = None) -> None:
                   f"(from {manifest['vocab_source']}); dropped with no words left: "
                   f"{manifest['dropped_empty']:,}; skipped malformed: "
                   f"{manifest['skipped_bad']:,}", highlight=False)
+    leaves = manifest.get("leaves")
+    if leaves:
+        from grammars.data.tag_filter import TagFilter
+
+        total = leaves["kept"] + leaves["dropped"]
+        console.print(f"tag filter: {TagFilter.from_manifest(manifest['tag_filter']).describe()}"
+                      f" kept {leaves['kept']:,} of {total:,} leaves "
+                      f"({100 * leaves['kept'] / max(total, 1):.1f}%)", highlight=False)
+    text = manifest.get("text")
+    if text:
+        console.print(f"tokenized: {text['tokenize']}; punctuation tokens "
+                      + ("kept" if text["keep_punct"] else f"dropped: {text['punct_dropped']:,}")
+                      , highlight=False)
     console.print(f"fingerprint: {manifest['fingerprint']}", highlight=False)
 
 
@@ -105,20 +118,42 @@ def ptb(
     vocab_from: Optional[Path] = VOCAB_FROM,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed trees (warning "
                                   "for each, count in the summary) instead of stopping."),
+    keep_tags: str = typer.Option("ptb", "--keep-tags", help="Which leaves are words, by "
+                                  "their tag: ptb (the 36 PTB word tags of Kim et al. 2019; "
+                                  "drops punctuation, `$`, `#` and `-NONE-` traces), "
+                                  "all-but-punct (every leaf whose tag is not punctuation, "
+                                  "see --punct-tags, or the trace tag -NONE-: for treebanks "
+                                  "of other languages, e.g. the Chinese Treebank), a "
+                                  "comma-separated LIST of tags to keep (NN,NR,VV,AD,...) or "
+                                  "a FILE of them (one or more a line, `#` comments). Tags "
+                                  "are compared exactly; a filter that drops more than half "
+                                  "the leaves is warned about, naming the tags it dropped "
+                                  "most."),
+    punct_tags: Optional[str] = typer.Option(None, "--punct-tags", help="With --keep-tags "
+                                             "all-but-punct: the tags that are punctuation, "
+                                             "a LIST or FILE replacing the default (the "
+                                             "PTB's `` '' , . : -LRB- -RRB- # $, and PU, "
+                                             "PUNCT, $( $, $. and PONCT of the Chinese, "
+                                             "Universal Dependencies, German and French "
+                                             "treebanks)."),
 ) -> None:
-    """Read PTB-style treebanks and keep the 36 word tags (Kim et al. 2019 preprocessing).
+    """Read PTB-style treebanks and keep the words (by default the 36 PTB word tags, Kim
+    et al. 2019 preprocessing; --keep-tags for treebanks tagged otherwise).
 
     Drops punctuation, `-NONE-` traces and constituents left empty; strips nothing else
     from the gold trees (function tags and unary chains do not change spans). Sentences with
     no word left are dropped and counted.
     """
     from grammars.data.corpus import check_output_dir, parse_ratios, prepare_ptb
+    from grammars.data.tag_filter import resolve_tag_filter
 
     options = _options(lowercase, replace_digits, vocab_size, max_train_len)
     parsed_ratios = parse_ratios(ratios)
+    tag_filter = resolve_tag_filter(keep_tags, punct_tags)
     check_output_dir(out)           # before any input is read: a refusal changes nothing
     corpus = prepare_ptb(paths, options, split=split, ratios=parsed_ratios,
-                         vocab=_load_vocab(vocab_from), skip_bad=skip_bad, on_warning=warn)
+                         vocab=_load_vocab(vocab_from), skip_bad=skip_bad, on_warning=warn,
+                         tag_filter=tag_filter)
     corpus.manifest["vocab_from"] = None if vocab_from is None else str(vocab_from)
     _finish(corpus, out)
 
@@ -126,13 +161,24 @@ def ptb(
 @app.command("text")
 @friendly_errors
 def text(
-    file: Path = typer.Argument(..., help="Raw sentences, one per line, whitespace-tokenized; "
-                                "blank lines and lines starting with `#` are skipped."),
+    file: Path = typer.Argument(..., help="Raw sentences, one per line (see --tokenize); "
+                                "blank lines, lines starting with `#` and lines of "
+                                "punctuation only are skipped (each sentence's `source` "
+                                "keeps its line number)."),
     out: Path = OUT,
     vocab_from: Optional[Path] = VOCAB_FROM,
     lowercase: bool = LOWERCASE,
     replace_digits: bool = DIGITS,
     vocab_size: int = VOCAB_SIZE,
+    tokenize: str = typer.Option("ptb", "--tokenize", help="ptb: Penn-Treebank-style "
+                                 "splitting of punctuation, quotes, contractions and currency "
+                                 "(`don't` -> `do n't`, `$1.5` -> `$ 1.5`, `1990.` -> `1990 "
+                                 ".`); whitespace: split on spaces only, for text tokenized "
+                                 "already."),
+    keep_punct: bool = typer.Option(False, "--keep-punct", help="Keep punctuation tokens "
+                                    "(`, . `` '' -LRB- $ #`...); by default they are dropped, "
+                                    "as the 36 word tags drop punctuation leaves from "
+                                    "treebanks."),
 ) -> None:
     """Prepare raw text for parsing with a trained model: one split `test`, no gold trees.
 
@@ -140,15 +186,18 @@ def text(
     """
     from gfnem_cli.engine.errors import GfnemError
     from grammars.data.corpus import check_output_dir, prepare_text
+    from grammars.data.raw_text import TextOptions
 
     options = _options(lowercase, replace_digits, vocab_size, 0)
+    text_options = TextOptions(tokenize, keep_punct).check()
     if file.is_dir():
         raise GfnemError("is a directory, not a text file", file,
                          hint="give one file of sentences, one per line")
     if not file.is_file():
         raise GfnemError("no such file", file)
     check_output_dir(out)
-    corpus = prepare_text(file, options, vocab=_load_vocab(vocab_from), on_warning=warn)
+    corpus = prepare_text(file, options, vocab=_load_vocab(vocab_from), on_warning=warn,
+                          text_options=text_options)
     corpus.manifest["vocab_from"] = None if vocab_from is None else str(vocab_from)
     _finish(corpus, out)
 

@@ -2,6 +2,10 @@
 
     treebank.py       the bracketed-tree reader (PTB files, --pred files, every tree string),
                       PTB cleaning, WORD_TAGS, decoding of text files
+    tag_filter.py     which leaves are words: --keep-tags presets (ptb, all-but-punct), lists,
+                      files; the leaf counts and the warning when most leaves are dropped
+    tokenize.py       Penn-Treebank-style tokenization of raw sentences; punctuation tokens
+    raw_text.py       raw text files, line by line: tokenized, punctuation dropped or kept
     vocabulary.py     word normalization and the token vocabulary
     corpus_splits.py  WSJ sections or declared ratios, each decision recorded
     corpus.py         trees or raw text -> a prepared corpus (PreparedCorpus)
@@ -9,5 +13,6 @@
     batching.py       sentences -> padded batches; the deterministic training schedule
     true_grammar.py   a known CNF PCFG (TrueGrammar): sample, score, PCFGParams, length law
     synthetic.py      the embedded English-like grammar and its sampled treebank
-    inputs.py         what a trained run reads to parse: raw text or a corpus split
+    inputs.py         what a trained run reads to parse: raw text, a treebank file (told by
+                      its content) or a corpus split; the <unk> rate under the run's vocabulary
 """

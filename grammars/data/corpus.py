@@ -6,7 +6,8 @@ counts per split and a content fingerprint, so a checkpoint can refuse another d
 Every split decision is recorded in the manifest, because a ratio split of a PTB sample is
 not the standard WSJ split and reports must say which one was used. An empty result is an
 error that gives the counts of what was read, skipped and dropped, so the cause is visible.
-Splitting lives in `corpus_splits`, the files on disk in `corpus_disk`.
+Splitting lives in `corpus_splits`, the files on disk in `corpus_disk`, the choice of which
+leaves are words in `tag_filter`, the reading of raw lines in `raw_text`.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from grammars.data.corpus_disk import (MANIFEST_FORMAT, Corpus, check_output_dir
 from grammars.data.corpus_splits import (SPLITS, WSJ_SECTIONS, check_ratios,  # noqa: F401
                                     choose_split, parse_ratios, ratio_bounds, split_files,
                                     starved_splits)
-from grammars.data.treebank import (WORD_TAGS, SourcedTree, Span, clean_tree, collect_files,
-                               parse_bracketed, read_text, split_lines)
+from grammars.data.raw_text import TextOptions, read_text_lines
+from grammars.data.tag_filter import PTB, LeafCounts, TagFilter
+from grammars.data.treebank import (SourcedTree, Span, clean_tree, collect_files,
+                               parse_bracketed, read_text)
 from grammars.data.vocabulary import Vocabulary, normalize_word
 
 Warn = Callable[[str], None]
@@ -84,14 +87,18 @@ class TreeCounts:
     bad: int = 0
     dropped: int = 0
     dropped_tags: Counter = field(default_factory=Counter)   # leaf tags of dropped trees
+    leaves: LeafCounts = field(default_factory=LeafCounts)    # every leaf, kept or dropped
 
 
-def sentences_from_trees(trees: Sequence[SourcedTree], counts: TreeCounts | None = None
-                         ) -> tuple[list[Sentence], int]:
-    """Clean each tree (word tags only); sentences left with no words are dropped and counted."""
+def sentences_from_trees(trees: Sequence[SourcedTree], counts: TreeCounts | None = None,
+                         tag_filter: TagFilter = PTB) -> tuple[list[Sentence], int]:
+    """Clean each tree (the filter's tags only); sentences left with no words are dropped
+    and counted."""
     kept: list[Sentence] = []
     for item in trees:
-        words, spans = clean_tree(item.tree, WORD_TAGS)
+        words, spans = clean_tree(item.tree, tag_filter)
+        if counts is not None:
+            counts.leaves.add(item.tree, tag_filter)
         if words:
             kept.append(Sentence(words, spans, item.tree.to_string(), item.source))
         elif counts is not None:
@@ -102,8 +109,8 @@ def sentences_from_trees(trees: Sequence[SourcedTree], counts: TreeCounts | None
     return kept, len(trees) - len(kept)
 
 
-def _read_treebank(files: Sequence[Path], skip_bad: bool, warn: Warn, counts: TreeCounts
-                   ) -> list[list[Sentence]]:
+def _read_treebank(files: Sequence[Path], skip_bad: bool, warn: Warn, counts: TreeCounts,
+                   tag_filter: TagFilter = PTB) -> list[list[Sentence]]:
     """Kept sentences per file, in file order; malformed trees skipped (warned) or raised."""
     per_file = []
     for path in files:
@@ -112,14 +119,16 @@ def _read_treebank(files: Sequence[Path], skip_bad: bool, warn: Warn, counts: Tr
             warn(f"skipped: {error}")
         counts.files += 1
         counts.bad += len(errors)
-        per_file.append(sentences_from_trees(trees, counts)[0])
+        per_file.append(sentences_from_trees(trees, counts, tag_filter)[0])
     return per_file
 
 
 def prepare_ptb(paths: Sequence[object], options: PrepareOptions, split: str = "auto",
                 ratios: Sequence[float] = (0.8, 0.1, 0.1), vocab: Vocabulary | None = None,
-                skip_bad: bool = False, on_warning: Warn | None = None) -> PreparedCorpus:
-    """Read bracketed trees from files/directories, clean, split by file, encode.
+                skip_bad: bool = False, on_warning: Warn | None = None,
+                tag_filter: TagFilter = PTB) -> PreparedCorpus:
+    """Read bracketed trees from files/directories, clean (keeping `tag_filter`'s leaves),
+    split by file, encode; a filter that drops more than half the leaves is warned about.
 
     A ratio split that would leave an asked-for split with no file (one file, or two for
     three splits) splits the sentences in file order instead, said in a note and recorded
@@ -133,7 +142,7 @@ def prepare_ptb(paths: Sequence[object], options: PrepareOptions, split: str = "
     counts = TreeCounts()
     starved = starved_splits(len(files), ratios) if mode == "ratio" else []
     if starved:
-        per_file = _read_treebank(files, skip_bad, warn, counts)
+        per_file = _read_treebank(files, skip_bad, warn, counts, tag_filter)
         kept = [s for sentences in per_file for s in sentences]
         cuts = ratio_bounds(len(kept), ratios)
         splits = {name: kept[cuts[i]:cuts[i + 1]] for i, name in enumerate(SPLITS)}
@@ -147,7 +156,8 @@ def prepare_ptb(paths: Sequence[object], options: PrepareOptions, split: str = "
         outside: list[Path] = []
     else:
         by_split, outside = split_files(mode, files, ratios)
-        splits = {name: [s for sentences in _read_treebank(members, skip_bad, warn, counts)
+        splits = {name: [s for sentences in _read_treebank(members, skip_bad, warn, counts,
+                                                           tag_filter)
                          for s in sentences] for name, members in by_split.items()}
         split_record = {"mode": mode, "ratios": list(ratios) if mode == "ratio" else None,
                         "by": "file",
@@ -156,16 +166,20 @@ def prepare_ptb(paths: Sequence[object], options: PrepareOptions, split: str = "
         notes.append(f"{len(outside)} files outside §02–23 are not in any split")
     extra = {"inputs": {"paths": [str(p) for p in paths], "files": len(files),
                         "trees": counts.trees, "files_outside_splits": len(outside)},
-             "split": split_record, "skipped_bad": counts.bad, "dropped_empty": counts.dropped}
+             "split": split_record, "skipped_bad": counts.bad, "dropped_empty": counts.dropped,
+             "tag_filter": tag_filter.to_manifest(), "leaves": counts.leaves.to_manifest()}
     intended = {n for i, n in enumerate(SPLITS) if ratios[i] == 0} if mode == "ratio" else set()
+    too_many = counts.leaves.warning(tag_filter)
+    if too_many:
+        warn(too_many)
     corpus = assemble("ptb", splits, options, vocab, extra, on_warning, intended,
-                      lambda over: _empty_treebank(counts, over, options, paths))
+                      lambda over: _empty_treebank(counts, over, options, paths, tag_filter))
     corpus.notes[:0] = notes
     return corpus
 
 
 def _empty_treebank(counts: TreeCounts, over: int, options: PrepareOptions,
-                    paths: Sequence[object]) -> GfnemError:
+                    paths: Sequence[object], tag_filter: TagFilter = PTB) -> GfnemError:
     """Why nothing is left, in numbers, and the likeliest fix."""
     message = (f"empty corpus: no sentence with words is left ({counts.trees:,} trees read "
                f"from {counts.files:,} file{'s' if counts.files != 1 else ''}; "
@@ -173,11 +187,15 @@ def _empty_treebank(counts: TreeCounts, over: int, options: PrepareOptions,
                f"once non-word leaves were dropped; {over:,} training sentences over "
                f"--max-train-len {options.max_train_len})")
     hint = "check the input paths"
-    if counts.dropped and not set(counts.dropped_tags) & WORD_TAGS:
+    if counts.dropped and not any(tag in tag_filter for tag in counts.dropped_tags):
         seen = ", ".join(tag for tag, _ in counts.dropped_tags.most_common(6))
-        message += (f"; the leaf tags seen ({seen}) are not PTB word tags (only the 36 word "
-                    "tags of Kim et al. 2019, NN, VBD, ..., are kept)")
-        hint = "this reader expects Penn Treebank part-of-speech tags"
+        if tag_filter is PTB:
+            message += (f"; the leaf tags seen ({seen}) are not PTB word tags (only the 36 "
+                        "word tags of Kim et al. 2019, NN, VBD, ..., are kept)")
+        else:
+            message += f"; the leaf tags seen ({seen}) are none of {tag_filter.describe()}"
+        hint = ("name this treebank's word tags with --keep-tags LIST|FILE, or use "
+                "--keep-tags all-but-punct")
     elif over:
         hint = "raise --max-train-len, or 0 for no cap"
     elif counts.bad:
@@ -205,23 +223,20 @@ def prepare_trees(trees: Sequence[str], options: PrepareOptions, ratios: Sequenc
 
 
 def prepare_text(path: Path, options: PrepareOptions, vocab: Vocabulary | None = None,
-                 on_warning: Warn | None = None) -> PreparedCorpus:
-    """Raw sentences, one per line, whitespace-tokenized; blank and `#` lines skipped."""
-    sentences = []
-    lines = split_lines(read_text(Path(path), on_warning))
-    for number, line in enumerate(lines, start=1):
-        words = line.split()
-        if words and not words[0].startswith("#"):
-            sentences.append(Sentence(words, [], "", f"{path}:{number}"))
+                 on_warning: Warn | None = None,
+                 text_options: TextOptions = TextOptions()) -> PreparedCorpus:
+    """Raw sentences, one per line, tokenized as `text_options` say (`raw_text`); blank,
+    `#` and punctuation-only lines skipped, each sentence's `source` its own line."""
+    read = read_text_lines(Path(path), text_options, on_warning)
+    sentences = [Sentence(line.words, [], "", f"{path}:{line.number}")
+                 for line in read.sentences]
     extra = {"inputs": {"paths": [str(path)], "lines": len(sentences),
-                        "line_count": len(lines)},
-             "split": {"mode": "none"}, "skipped_bad": 0, "dropped_empty": 0}
-    what = (f"all {len(lines):,} lines are blank or `#` comments" if lines
-            else "the file is empty")
+                        "line_count": len(read.lines)},
+             "text": {**text_options.to_manifest(), "punct_dropped": read.punct_dropped,
+                      "punct_only_lines": read.punct_only},
+             "split": {"mode": "none"}, "skipped_bad": 0, "dropped_empty": read.punct_only}
     return assemble("text", {"test": sentences}, options, vocab, extra, on_warning, set(),
-                    lambda _: GfnemError(f"no sentence to read: {what}", path,
-                                         hint="write one whitespace-tokenized sentence per "
-                                              "line"))
+                    lambda _: read.nothing_to_read())
 
 
 def _file_range(files: Sequence[Path]) -> dict:

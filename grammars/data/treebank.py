@@ -5,7 +5,8 @@ in an empty outer bracket `( (S ...) )`), files with one tree per line, `--pred`
 synthetic sampler's strings. Errors name the file and the line, so a user can fix the input.
 Cleaning (DESIGN §6, Kim et al. 2019) keeps only leaves tagged with one of the 36 PTB word
 tags, which drops punctuation, currency symbols and `-NONE-` traces; a constituent left with
-no words disappears with them.
+no words disappears with them. Other treebanks name their word tags otherwise: `clean_tree`
+takes any set of tags (`tag_filter.TagFilter`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
 from gfnem_cli.engine.errors import GfnemError
 
@@ -258,7 +259,7 @@ def _next_tree_line(lines: list[str], after: int) -> int:
     return len(lines)
 
 
-def clean_tree(tree: Tree, keep_tags: frozenset[str] | None = WORD_TAGS
+def clean_tree(tree: Tree, keep_tags: Container[str] | None = WORD_TAGS
                ) -> tuple[list[str], list[Span]]:
     """Kept words and the spans [start, end) of width >= 2 of every constituent left non-empty.
 

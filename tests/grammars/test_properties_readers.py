@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from gfnem_cli.engine.errors import GfnemError
 from grammars.binary_trees import escape_word
 from grammars.data.corpus import PrepareOptions, load_corpus, prepare_text, prepare_trees, save_corpus
+from grammars.data.raw_text import TextOptions
 from grammars.data.treebank import Tree, clean_tree, decode_bytes, parse_bracketed, read_predicted_spans
 
 SETTINGS = dict(derandomize=True, deadline=None, database=None,
@@ -124,6 +125,9 @@ sentences_text = st.text(st.sampled_from(list("ab cé\n\r\t#") + ["\u2028", "\x0
                          max_size=60)
 
 
+AS_WRITTEN = TextOptions("whitespace", keep_punct=True)   # words exactly as line.split()
+
+
 def expected_sentences(text: str) -> list[list[str]]:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return [line.split() for line in lines if line.split() and not line.split()[0][0] == "#"]
@@ -138,7 +142,8 @@ def test_prepare_text_on_any_bytes(scratch, text, encoding, bom, noise):
         path = folder / "in.txt"
         path.write_bytes(raw)
         try:
-            prepare_text(path, PrepareOptions(lowercase=False), on_warning=quiet)
+            prepare_text(path, PrepareOptions(lowercase=False), on_warning=quiet,
+                         text_options=AS_WRITTEN)
         except GfnemError as exc:
             assert exc.path == str(path)
     # exact encodings: the words are the text's, with or without a byte-order mark
@@ -147,7 +152,8 @@ def test_prepare_text_on_any_bytes(scratch, text, encoding, bom, noise):
         path.write_bytes(text.encode(encoding))
         expected = expected_sentences(text)
         try:
-            corpus = prepare_text(path, PrepareOptions(lowercase=False), on_warning=quiet)
+            corpus = prepare_text(path, PrepareOptions(lowercase=False), on_warning=quiet,
+                                  text_options=AS_WRITTEN)
         except GfnemError:
             assert expected == []
             return

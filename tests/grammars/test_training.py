@@ -90,9 +90,10 @@ def test_trained_run_parses_samples_and_evaluates(corpus, tmp_path):
         result = runner.invoke(app, ["parse", str(run), "--input", str(text), "--out", str(out),
                                      "--decode", decode])
         assert result.exit_code == 0, result.output
-        lines = out.read_text().splitlines()
-        assert len(lines) == 3 and "unknownword" in lines[1] and lines[2] == "(T he)"
-        assert lines[0].count("(NT-") == 4  # a binary tree over 5 words has 4 internal nodes
+        lines = out.read_text().splitlines()   # one line per input line: the comment is ()
+        assert len(lines) == 4 and lines[0] == "()"
+        assert "unknownword" in lines[2] and lines[3] == "(T he)"
+        assert lines[1].count("(NT-") == 4  # a binary tree over 5 words has 4 internal nodes
     result = runner.invoke(app, ["sample", str(run), "--from-model", "-n", "3",
                                  "--brackets-only"])
     assert result.exit_code == 0, result.output
