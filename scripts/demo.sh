@@ -9,7 +9,7 @@
 set -euo pipefail
 OUT=${DEMO_OUT:-demo-out}
 STEPS=${DEMO_STEPS:-1500}
-IMAGE_STEPS=${DEMO_IMAGE_STEPS:-900}
+IMAGE_STEPS=${DEMO_IMAGE_STEPS:-1200}
 mkdir -p "$OUT"
 
 echo "== 1. prepare the synthetic corpus (drawn from a known English-like PCFG)"
