@@ -16,9 +16,13 @@ setup(
         "datasets>=2.18",
         "pyyaml>=6",
         "numpy",
+        "matplotlib>=3.6",     # `gfnem plot` draws training curves with it
     ],
     extras_require={
-        "test": ["pytest>=8", "torch-struct==0.5", "matplotlib", "hypothesis>=6.100"],
+        # train.logger: tensorboard (RUN/tensorboard/); without it such a run is refused
+        "tensorboard": ["tensorboard"],
+        # tensorboard: the logger's test reads the event file back with TensorBoard's reader
+        "test": ["pytest>=8", "torch-struct==0.5", "hypothesis>=6.100", "tensorboard"],
     },
     entry_points={"console_scripts": ["gfnem=gfnem_cli.app:main"]},
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from gfnem_cli.commands import evaluate, parse, prepare, sample, train
+from gfnem_cli.commands import evaluate, parse, plot, prepare, sample, summarize, train
 
 app = typer.Typer(
     name="gfnem",
@@ -40,6 +40,8 @@ app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("parse")(parse.parse)
 app.command("evaluate")(evaluate.evaluate)
+app.command("summarize")(summarize.summarize)
+app.command("plot")(plot.plot)
 
 
 def main() -> None:

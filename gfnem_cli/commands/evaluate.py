@@ -75,7 +75,8 @@ def evaluate(
                                         "words must be the split's words (or its tokens)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as "
                                             "JSON: sentence_f1, corpus_f1 (percent), "
-                                            "num_sentences, buckets, length filter, decoding."),
+                                            "num_sentences, buckets, length filter, decoding, "
+                                            "and the gfnem version and source commit."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random baseline."),
     max_length: int = typer.Option(0, "--max-length", help="Score only sentences of "
                                    "at most this many words (e.g. 10 for WSJ10); 0 = all."),
@@ -117,6 +118,7 @@ def evaluate(
         return
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
+    from gfnem_cli.engine.provenance import provenance
     from grammars.data.corpus import load_corpus
     from grammars.evaluation.f1 import score_spans
 
@@ -164,7 +166,7 @@ def evaluate(
         _render_likelihood(likelihood)
     if json_out is not None:
         payload = {**report.to_dict(), **how, **likelihood, "data": str(data), "split": split,
-                   "fingerprint": corpus.manifest.get("fingerprint")}
+                   "fingerprint": corpus.manifest.get("fingerprint"), **provenance()}
         write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")
 
 

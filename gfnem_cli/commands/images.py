@@ -125,6 +125,7 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
                     device: str, max_images: int = 0) -> None:
     """Test NLL of an image run (importance sampling), and the true NLL of shapes."""
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
+    from gfnem_cli.engine.provenance import provenance
     from vae.inference import run_nll
 
     if run is None:
@@ -173,5 +174,5 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
         payload = {**figures, "method": trained.method, "run": str(run),
                    "checkpoint_step": trained.step, "data": str(data), "split": split,
                    "fingerprint": images_set.fingerprint, "seed": seed,
-                   "split_images": split_size}
+                   "split_images": split_size, **provenance()}
         write_text_atomic(json_out, json.dumps(payload, indent=2) + "\n")

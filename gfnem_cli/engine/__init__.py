@@ -14,6 +14,9 @@
                     checked optimizer step (checked_step, check_finite, checked_clip)
     checkpoint.py   atomic checkpoints, RNG state, old checkpoint keys mapped on load
     runs.py         run directories: start / resume checks, device choice, config, reading back
+    run_records.py  finished runs read back as numbers: report / evaluation figures, metrics.jsonl
+                    records (torn lines skipped), mean ± sd (`gfnem summarize`, `gfnem plot`)
+    scalar_logs.py  train.logger: the same scalars as metrics.jsonl to RUN/tensorboard/
     importance.py   the importance-sampled log-likelihood estimate in float64 with its error
     recipe_schema.py, config.py   recipe keys with ranges; recipes, --set, saved configs
     files.py        atomic writes; errors.py: GfnemError, the one-line user error

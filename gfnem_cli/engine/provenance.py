@@ -1,7 +1,8 @@
 """What version of gfnem is running: the installed version and the source tree's git commit.
 
 Light on purpose (no torch), so `gfnem --version` answers at once; run directories record the
-same two facts in `run_info.json`.
+same two facts in `run_info.json`, and every `evaluate --json` payload carries them
+(`provenance()`), so a figure handed on says which code produced it.
 """
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def source_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def provenance() -> dict[str, str | None]:
+    """`gfnem_version` and `commit`, under the names `run_info.json` uses."""
+    return {"gfnem_version": gfnem_version(), "commit": source_commit()}

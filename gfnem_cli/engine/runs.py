@@ -2,9 +2,10 @@
 
 A run directory holds `config.yaml` (the resolved recipe), `run_info.json` (what made the
 run: version, commit, command line, device, library versions, start and resume times),
-`metrics.jsonl`, `checkpoints/{last,best}.pt`, `report.json`, and whatever inputs a family
-copies in so the run needs nothing else (a vocabulary, the corpus manifest). The lifecycle is
-the same for every family:
+`metrics.jsonl`, `checkpoints/{last,best}.pt`, `report.json`, `tensorboard/` under
+`train.logger: tensorboard` (metrics.jsonl's scalars, `scalar_logs.py`), and whatever inputs a
+family copies in so the run needs nothing else (a vocabulary, the corpus manifest). The
+lifecycle is the same for every family:
 
 1. `inspect_run_dir` reads what is there (nothing is written) and `check_start` decides whether
    this command may start or resume it; a refusal leaves every byte as it was.
@@ -34,12 +35,14 @@ from gfnem_cli.engine.config import flatten, load_config, resolve_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
+from gfnem_cli.engine.scalar_logs import check_logger
 
 LAST, BEST = "last", "best"
 RUN_FILES = ("config.yaml", "run_info.json", "metrics.jsonl", "report.json", "checkpoints")
-# keys --resume may change: how long to train and how often to evaluate and checkpoint
+# keys --resume may change: how long to train, how often to evaluate and checkpoint, and
+# where the scalars also go (train.logger changes no figure)
 RESUMABLE_CHANGES = {"train.steps", "train.max_model_updates", "train.eval_every",
-                     "train.checkpoint_every"}
+                     "train.checkpoint_every", "train.logger"}
 
 
 @dataclass
@@ -204,8 +207,10 @@ def begin(defaults, recipe: Path | None, overrides: list[str], out: Path, resume
           ) -> tuple[dict, RunDirState]:
     """The first half of every family's `train_run`: the resolved config and what `out`
     holds, refused (before anything is written) when this command may not start or resume
-    it, or when a resume changes a key other than `RESUMABLE_CHANGES`."""
+    it, when a resume changes a key other than `RESUMABLE_CHANGES`, or when `train.logger`
+    names a package that cannot be imported."""
     config = resolve_config(defaults, recipe, overrides)
+    check_logger(config["train"].get("logger", "none"))
     state = inspect_run_dir(Path(out))
     check_start(state, resume)
     if resume:
@@ -230,7 +235,8 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
         trainer.restore(checkpoint)
     else:
         seed_everything(seed)
-    trainer.start_metrics(resumed=checkpoint is not None)
+    trainer.start_metrics(resumed=checkpoint is not None,
+                          logger=config["train"].get("logger", "none"))
     return trainer.fit()
 
 

@@ -27,6 +27,7 @@ from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import os_error, write_text_atomic
 from gfnem_cli.engine.progress import TrainingProgress
+from gfnem_cli.engine.scalar_logs import open_logger
 
 
 class NonFiniteLoss(Exception):
@@ -148,6 +149,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.elapsed = 0.0
         self.last_train: dict[str, float] = {}   # the last finite step's metrics, for the report
+        self.scalar_log = None                   # train.logger's second view of the log
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
@@ -195,24 +197,26 @@ class Trainer:
         self.restore(self.load_checkpoint())
         self.start_metrics(resumed=True)
 
-    def start_metrics(self, resumed: bool) -> None:
+    def start_metrics(self, resumed: bool, logger: str = "none") -> None:
         """A fresh start replaces any old log (a run killed before its first checkpoint left
-        one); a resume drops the lines of steps after the checkpoint, which will run again."""
+        one); a resume drops the lines of steps after the checkpoint, which will run again.
+        `logger` (train.logger, `scalar_logs`) then opens, following the same rule."""
+        kept, records = [], []
         if not resumed:
             write_text_atomic(self.metrics_path, "")
-            return
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line torn by a kill in mid-write
-                continue
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, int) and not isinstance(step, bool) and step <= self.step:
-                kept.append(line)
-        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+        elif self.metrics_path.exists():
+            text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+            for line in text.splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line torn by a kill in mid-write
+                    continue
+                step = record.get("step") if isinstance(record, dict) else None
+                if isinstance(step, int) and not isinstance(step, bool) and step <= self.step:
+                    kept.append(line)
+                    records.append(record)
+            write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+        self.scalar_log = open_logger(logger, self.run_dir, self.step, resumed, records)
 
     # ---------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -223,6 +227,8 @@ class Trainer:
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
         except OSError as exc:
             raise os_error(exc, self.metrics_path) from None
+        if self.scalar_log is not None:
+            self.scalar_log.log(record)
 
     def _validate(self) -> dict[str, float]:
         metrics = self.method.validate()
@@ -258,11 +264,20 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         opts = self.options
-        in_a_row = 0
         last_metrics = self.last_train
-        items, window_start = 0, time.perf_counter()
         progress = TrainingProgress(opts.steps, self.step, opts.show_progress, opts.log_every)
         stream = self._batches()
+        try:
+            return self._fit(opts, progress, stream, last_metrics)
+        finally:
+            if self.scalar_log is not None:    # flushed whichever way the loop ends
+                self.scalar_log.close()
+                self.scalar_log = None
+
+    def _fit(self, opts: TrainerOptions, progress: TrainingProgress, stream,
+             last_metrics: dict[str, Any]) -> dict[str, Any]:
+        in_a_row = 0
+        items, window_start = 0, time.perf_counter()
         with _StopFlag() as stop, progress:
             while not self._finished():
                 batch = next(stream)

@@ -3,7 +3,8 @@
 A family's recipe schema (`grammars/recipe.py`, later `vae/recipe.py`) is built from these
 sections, each a tree of `Key(default, range)` a family may give its own defaults and extend:
 
-    train_section(**defaults)     steps, update cap, batch size, the model's Adam, seed, intervals
+    train_section(**defaults)     steps, update cap, batch size, the model's Adam, seed, intervals,
+                                  the scalar logger (none | tensorboard)
     objective_section()           the E-step loss: name and its options
     em_section(**defaults)        the M-step gate (threshold schedule, EMA), M-step draws,
                                   importance weighting, the sleep phase, validation samples
@@ -33,6 +34,7 @@ from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
 from gfnem_cli.engine.recipe_schema import (
     ANY_THRESHOLD, AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY,
     SEED, UNIT_INTERVAL_OPEN, Conflict, Key, OneOf, Real)
+from gfnem_cli.engine.scalar_logs import LOGGERS
 
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 DIVERGENCES = ("reverse_kl", "forward_kl", "renyi", "tsallis")
@@ -50,8 +52,8 @@ def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
                   grad_clip: float = 3.0, eval_every: int = 200,
                   checkpoint_every: int = 100) -> dict:
     """`train`: train.lr, train.betas and train.grad_clip are the model's (M-step) optimizer
-    in every method; train.steps, max_model_updates, eval_every and checkpoint_every are the
-    keys --resume may change."""
+    in every method; train.steps, max_model_updates, eval_every, checkpoint_every and logger
+    are the keys --resume may change."""
     return {
         "steps": Key(1000, AT_LEAST_ONE),
         "max_model_updates": Key(0, COUNT),   # also stop after this many model (M-step)
@@ -65,6 +67,8 @@ def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
         "eval_every": Key(eval_every, AT_LEAST_ONE),
         "checkpoint_every": Key(checkpoint_every, AT_LEAST_ONE),
         "eval_batch_size": Key(16, AT_LEAST_ONE),
+        # also write metrics.jsonl's scalars to RUN/tensorboard/ (engine/scalar_logs.py)
+        "logger": Key("none", OneOf(*LOGGERS)),
     }
 
 
