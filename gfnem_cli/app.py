@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from gfnem_cli.commands import evaluate, parse, plot, prepare, sample, summarize, train
+from gfnem_cli.commands import (evaluate, parse, plot, prepare, sample, score, summarize,
+                                train)
 
 app = typer.Typer(
     name="gfnem",
@@ -40,6 +41,7 @@ app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("parse")(parse.parse)
 app.command("evaluate")(evaluate.evaluate)
+app.command("score")(score.score)
 app.command("summarize")(summarize.summarize)
 app.command("plot")(plot.plot)
 

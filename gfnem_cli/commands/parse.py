@@ -48,6 +48,16 @@ def parse(
                                    "(>= 1)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (lowest validation NLL) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    gold_out: Optional[Path] = typer.Option(None, "--gold-out", help="Also write the gold "
+                                            "trees of a treebank file or corpus split to this "
+                                            "file, line k beside --out's line k, for EVALB "
+                                            "(`evalb -p COLLINS.prm GOLD OUT`) and other "
+                                            "scorers: each tree filtered as its words were "
+                                            "(punctuation and `-NONE-` leaves removed, "
+                                            "function tags dropped, `NP-SBJ` -> `NP`), so its "
+                                            "leaves are the prediction's words; `()` where "
+                                            "the prediction is `()`. Refused for raw text, "
+                                            "which has no gold trees."),
 ) -> None:
     """Parse sentences with a trained grammar and write bracketed trees; for an image run
     (--input a prepared image set), write codes.jsonl: each image's most probable of
@@ -56,22 +66,23 @@ def parse(
     Nonterminals are written NT-k, preterminals T-k (Viterbi) or T; unknown words map to
     <unk> inside the model only, and the share of them is printed (a warning above 5%, with
     the ten most frequent). The output of a corpus split reads back with `gfnem evaluate
-    --pred`.
+    --pred`; with --gold-out, the gold trees are written beside it for EVALB.
     """
     from gfnem_cli.commands import images
     from gfnem_cli.commands.checks import grammar_options_unused
 
     if images.is_image_run(run):        # an image run: each image's best sampled code grid
         grammar_options_unused(decode=(decode, "auto"), tokenize=(tokenize, None),
-                               keep_punct=(keep_punct, False))
+                               keep_punct=(keep_punct, False), gold_out=(gold_out, None))
         images.parse_images(run, input, split, out, samples, batch_size, 0, checkpoint,
                             device)
         return
     from gfnem_cli import families
+    from gfnem_cli.commands.grammar_report import gold_lines, print_notes, report_unknown
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from rich.markup import escape
-    from grammars.data.inputs import read_parse_input, unknown_words
+    from grammars.data.inputs import read_parse_input
     from grammars.data.raw_text import TextOptions
     from grammars.inference.parsing import DECODERS, parse_sentences, resolve_decode
 
@@ -85,18 +96,20 @@ def parse(
     if tokenize is not None or keep_punct:
         text_options = TextOptions(tokenize or "ptb", keep_punct).check()
     check_output_file(out)
+    if gold_out is not None:
+        if gold_out.resolve() == out.resolve():
+            raise GfnemError("--gold-out names the --out file", gold_out,
+                             hint="give the gold trees a file of their own")
+        check_output_file(gold_out)
     trained = families.for_run(run).load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
     data = read_parse_input(input, run, trained.vocab, split, on_warning=warn,
                             text_options=text_options)
     if not any(data.words):
         raise GfnemError("no sentences to parse", input)
-    for note in data.notes:
-        console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
-    unknown = unknown_words(data)
-    console.print(escape(unknown.line(len(trained.vocab))), highlight=False)
-    if unknown.warning():
-        warn(unknown.warning())
+    gold = gold_lines(data, "--gold-out") if gold_out is not None else None
+    print_notes(data)
+    report_unknown(data, len(trained.vocab))
     rows = [k for k, ids in enumerate(data.ids) if ids]
     with work_progress("parsing", len(rows)) as advance:
         trees = parse_sentences(trained, [data.ids[k] for k in rows], decode, batch_size,
@@ -109,6 +122,10 @@ def parse(
     console.print(f"wrote {_count(len(lines), 'line')} ({_count(len(rows), 'tree')}"
                   + (f", {empty:,} empty `()`" if empty else "") + f"; {decode}) to "
                   f"{escape(str(out))}", highlight=False)
+    if gold is not None:
+        write_text_atomic(gold_out, "".join(line + "\n" for line in gold))
+        console.print(f"wrote the {_count(len(gold), 'gold tree')}, filtered as the words "
+                      f"were, line for line, to {escape(str(gold_out))}", highlight=False)
 
 
 def _count(n: int, noun: str) -> str:

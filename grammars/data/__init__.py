@@ -2,6 +2,9 @@
 
     treebank.py       the bracketed-tree reader (PTB files, --pred files, every tree string),
                       PTB cleaning, WORD_TAGS, decoding of text files
+    predicted_trees.py  a --pred file aligned with a split (the corpus's tag filter applied
+                      to trees that still carry punctuation, traces and PTB tags)
+    gold_trees.py     gold trees filtered as their words were, one per line, for EVALB
     tag_filter.py     which leaves are words: --keep-tags presets (ptb, all-but-punct), lists,
                       files; the leaf counts and the warning when most leaves are dropped
     tokenize.py       Penn-Treebank-style tokenization of raw sentences; punctuation tokens

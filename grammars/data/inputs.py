@@ -10,9 +10,11 @@ a treebank is cleaned with the run's own tag filter and normalized the same way.
 one row per line (text) or per tree (treebank), empty rows included, so the output can
 answer line for line. Everything is encoded with the run's own vocabulary, so unknown words
 become `<unk>` inside the model only; the original words are kept for the output, and
-`unknown_words` counts what the model cannot see. A corpus that is not the run's own is said
-to be so, with its `<unk>` rate: a perplexity over a split that is 90% `<unk>` is exact, and
-meaningless.
+`unknown_words` counts what the model cannot see. A corpus that is not the run's own (another
+fingerprint, or another vocabulary) is said to be so, with its `<unk>` rate: a perplexity over
+a split that is 90% `<unk>` is exact, and meaningless. Rows keep where they came from and,
+but for raw text, their original trees and the filter that made their words, for the gold
+file written beside the parses (`gold_trees`).
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ class ParseInput:
     kind: str = "corpus"                             # corpus | treebank | text
     tokens: list[list[str]] | None = None            # normalized forms, as the model sees
     notes: list[str] = field(default_factory=list)
+    sources: list[str] | None = None                 # `file:line` of each row
+    trees: list[str] | None = None                   # each row's original tree; None: text
+    tag_filter: TagFilter | None = None              # what made `words` of `trees`
 
     @property
     def empty_rows(self) -> int:
@@ -172,7 +177,8 @@ def treebank_parse_input(text: str, path: Path, run_dir: Path, vocab: Vocabulary
         (on_warning or _ignore)(f"{path}: {too_many}")
     tokens = _normalize(words, options)
     data = ParseInput(words, [vocab.encode(row) for row in tokens], spans, str(path),
-                      "treebank", tokens)
+                      "treebank", tokens, sources=[item.source for item in trees],
+                      trees=[item.tree.to_string() for item in trees], tag_filter=tag_filter)
     data.notes.append(f"{path} is a bracketed treebank: {len(trees):,} trees read with the "
                       f"run's preprocessing ({tag_filter.describe()}, {_describe(options)}); "
                       "one output line per tree")
@@ -192,7 +198,7 @@ def text_parse_input(text: str, path: Path, run_dir: Path, vocab: Vocabulary,
     words = [line.words for line in read.lines]
     tokens = _normalize(words, run_prepare_options(run_dir))
     data = ParseInput(words, [vocab.encode(row) for row in tokens], None, str(path), "text",
-                      tokens)
+                      tokens, sources=[f"{path}:{line.number}" for line in read.lines])
     if read.punct_dropped:
         data.notes.append(f"{_count(read.punct_dropped, 'punctuation token')} dropped, as the "
                           "treebank's word tags drop them (--keep-punct keeps them)")
@@ -257,7 +263,8 @@ def unknown_words(data: ParseInput) -> UnknownWords:
 def corpus_parse_input(corpus, run_dir: Path, vocab: Vocabulary, split: str,
                        on_warning: Callable[[str], None] | None = None) -> ParseInput:
     """One split encoded with the run's vocabulary; a warning when the corpus is not the
-    one the run was trained on, with the split's `<unk>` rate under the run's vocabulary."""
+    one the run was trained on or its vocabulary not the run's, with the split's `<unk>`
+    rate under the run's vocabulary."""
     corpus.split(split)          # exists and holds sentences, else one line with every size
     words = corpus.column(split, "words")
     options = run_prepare_options(run_dir)
@@ -271,18 +278,26 @@ def corpus_parse_input(corpus, run_dir: Path, vocab: Vocabulary, split: str,
         ids = [vocab.encode(row) for row in _normalize(words, options)]
     spans = [[tuple(s) for s in row] for row in corpus.column(split, "gold_spans")]
     trained_on = run_manifest(run_dir).get("fingerprint")
-    if trained_on is not None and trained_on != corpus.manifest.get("fingerprint"):
+    other_corpus = trained_on is not None and trained_on != corpus.manifest.get("fingerprint")
+    if other_corpus or not same_vocab:
         tokens = sum(len(row) for row in ids)
         unknown = sum(row.count(0) for row in ids)
-        rate = 100 * unknown / tokens if tokens else 0.0
-        how = ("its vocabulary is the run's" if same_vocab else
-               "its vocabulary is not the run's, so its words were encoded with the run's")
-        (on_warning or _ignore)(
-            f"{corpus.path} is not the corpus {run_dir} was trained on (another "
-            f"fingerprint); {how}: {rate:.2f}% of the {tokens:,} words of split {split!r} "
-            "are <unk> to the model")
+        rate = (f"{100 * unknown / tokens if tokens else 0.0:.2f}% of the {tokens:,} words of "
+                f"split {split!r} are <unk> to the model")
+        if other_corpus:
+            how = ("its vocabulary is the run's" if same_vocab else
+                   "its vocabulary is not the run's, so its words were encoded with the run's")
+            message = (f"{corpus.path} is not the corpus {run_dir} was trained on (another "
+                       f"fingerprint); {how}: {rate}")
+        else:
+            message = (f"the vocabulary of {corpus.path} is not the one {run_dir} was trained "
+                       f"with, so its words were encoded with the run's: {rate}")
+        (on_warning or _ignore)(message)
+    has_trees = corpus.manifest.get("kind") != "text"
     return ParseInput(words, ids, spans, f"{corpus.path}[{split}]", "corpus",
-                      _normalize(words, options))
+                      _normalize(words, options), sources=corpus.column(split, "source"),
+                      trees=corpus.column(split, "tree") if has_trees else None,
+                      tag_filter=TagFilter.from_manifest(corpus.manifest.get("tag_filter")))
 
 
 def _ignore(_: str) -> None:

@@ -1,12 +1,12 @@
 """Reading Penn-Treebank-style bracketed trees and cleaning them per the evaluation protocol.
 
 One reader serves every place trees come from: `.mrg` files (a tree spans many lines, wrapped
-in an empty outer bracket `( (S ...) )`), files with one tree per line, `--pred` files and the
-synthetic sampler's strings. Errors name the file and the line, so a user can fix the input.
-Cleaning (DESIGN §6, Kim et al. 2019) keeps only leaves tagged with one of the 36 PTB word
-tags, which drops punctuation, currency symbols and `-NONE-` traces; a constituent left with
-no words disappears with them. Other treebanks name their word tags otherwise: `clean_tree`
-takes any set of tags (`tag_filter.TagFilter`).
+in an empty outer bracket `( (S ...) )`), files with one tree per line, `--pred` files (aligned
+with a split by `predicted_trees`) and the synthetic sampler's strings. Errors name the file
+and the line, so a user can fix the input. Cleaning (DESIGN §6, Kim et al. 2019) keeps only
+leaves tagged with one of the 36 PTB word tags, which drops punctuation, currency symbols and
+`-NONE-` traces; a constituent left with no words disappears with them. Other treebanks name
+their word tags otherwise: `clean_tree` takes any set of tags (`tag_filter.TagFilter`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Container, Iterable, Sequence
+from typing import Callable, Container, Iterable
 
 from gfnem_cli.engine.errors import GfnemError
 
@@ -326,54 +326,6 @@ def collect_files(paths: Iterable[object]) -> list[Path]:
             raise GfnemError("no such file or directory", path)
     unique = sorted(set(files), key=lambda p: str(p))
     return unique
-
-
-def read_predicted_spans(path: Path, reference: Sequence[Sequence[str]],
-                         alternative: Sequence[Sequence[str]] | None = None,
-                         split: str = "test", sources: Sequence[str] | None = None,
-                         on_warning: Callable[[str], None] | None = None) -> list[list[Span]]:
-    """Spans of a file of predicted trees aligned one-to-one with `reference` sentences.
-
-    Leaves are compared with the reference words (or, when given, the `alternative` forms,
-    e.g. normalized tokens), both escaped as trees write them; every mismatch is an error
-    naming the file and line, since silently misaligned predictions give meaningless F1.
-    """
-    text = read_text(Path(path), on_warning)
-    trees, _ = parse_bracketed(text, path)
-    if len(trees) != len(reference):
-        message = (f"{len(trees):,} trees for the {len(reference):,} sentences of split "
-                   f"{split!r}")
-        where = trees[len(reference)].line if len(trees) > len(reference) else (
-            trees[-1].line if trees else None)
-        blank = next((k for k, line in enumerate(split_lines(text), start=1)
-                      if not line.strip()), None)
-        if blank is not None and len(trees) < len(reference):
-            # the likely cause: a parser wrote a blank line for a sentence it could not parse
-            message += (f"; line {blank} is blank (blank and `#` lines between trees are "
-                        "skipped, never read as a parse)")
-            where = blank
-        raise GfnemError(message, path, where,
-                         hint="write one tree per sentence, in the split's order")
-    out: list[list[Span]] = []
-    for index, item in enumerate(trees):
-        words, spans = clean_tree(item.tree, keep_tags=None)
-        expected = [escape_word(w) for w in reference[index]]
-        if words != expected and (alternative is None
-                                  or words != [escape_word(w) for w in alternative[index]]):
-            raise GfnemError(_word_mismatch(words, expected, index, split, sources),
-                             path, item.line)
-        out.append(spans)
-    return out
-
-
-def _word_mismatch(words: list[str], expected: list[str], index: int, split: str,
-                   sources: Sequence[str] | None) -> str:
-    origin = f" ({sources[index]})" if sources else ""
-    sentence = f"sentence {index + 1} of split {split!r}{origin}"
-    if len(words) != len(expected):
-        return f"tree has {len(words)} words but {sentence} has {len(expected)}"
-    at = next(i for i, (a, b) in enumerate(zip(words, expected)) if a != b)
-    return f"word {at + 1} is `{words[at]}` but {sentence} has `{expected[at]}`"
 
 
 def escape_word(word: str) -> str:

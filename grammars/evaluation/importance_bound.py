@@ -146,6 +146,27 @@ def run_proposal(run):
     return UniformTreeProposal(run.model.num_nonterminals)
 
 
+def importance_sampled_batches(run, batches, num_samples: int, seed: int = 0,
+                               proposal=None, score=None):
+    """Per batch, its sentences of two or more words: (rows of the batch's input list,
+    log p̂(x) (B,) float64, Var[log p̂(x)] (B,), lengths). One generator seeded by `seed`
+    runs through the batches in order, so the same batches give the same estimates, whether
+    summed (`importance_sampled_likelihood`) or written per sentence (`gfnem score`)."""
+    device = torch.device(getattr(run, "device", "cpu"))
+    proposal = proposal if proposal is not None else run_proposal(run)
+    score = score if score is not None else run.model.log_joint
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    for batch in batches:
+        keep = batch.lengths >= 2
+        if not bool(keep.any()):
+            continue
+        ids, lengths = batch.ids[keep].to(device), batch.lengths[keep].to(device)
+        ids = ids[:, : int(lengths.max())]
+        log_p, var, _ = importance_log_likelihood(score, proposal, ids, lengths, num_samples,
+                                                  generator)
+        yield batch.index[keep.cpu()].tolist(), log_p, var, lengths
+
+
 @torch.no_grad()
 def importance_sampled_likelihood(run, batches, num_samples: int, seed: int = 0,
                                   proposal=None, score=None) -> CorpusLikelihood:
@@ -155,22 +176,12 @@ def importance_sampled_likelihood(run, batches, num_samples: int, seed: int = 0,
     Returns CorpusLikelihood(is_bound=True, std_error = standard error of the NLL per token).
     Deterministic given `seed` (its own generator; the global RNG is not touched).
     """
-    device = torch.device(getattr(run, "device", "cpu"))
-    proposal = proposal if proposal is not None else run_proposal(run)
-    score = score if score is not None else run.model.log_joint
-    generator = torch.Generator(device=device).manual_seed(int(seed))
     total, var_total, tokens, count = 0.0, 0.0, 0, 0
-    for batch in batches:
-        keep = batch.lengths >= 2
-        if not bool(keep.any()):
-            continue
-        ids, lengths = batch.ids[keep].to(device), batch.lengths[keep].to(device)
-        ids = ids[:, : int(lengths.max())]
-        log_p, var, _ = importance_log_likelihood(score, proposal, ids, lengths, num_samples,
-                                                  generator)
+    for rows, log_p, var, lengths in importance_sampled_batches(run, batches, num_samples,
+                                                                seed, proposal, score):
         total -= float(log_p.sum())
         var_total += float(var.sum())
         tokens += tokens_in(lengths)
-        count += int(keep.sum())
+        count += len(rows)
     std_error = standard_error(var_total, tokens)
     return CorpusLikelihood(total, tokens, count, True, std_error)

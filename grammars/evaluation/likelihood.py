@@ -4,7 +4,8 @@ NLL per token counts one `</s>` per sentence (length + 1 tokens), as Kim et al. 
 so figures compare with the published ones; perplexity = exp(total NLL / total tokens).
 Exact for PCFGs (inside algorithm); the compound PCFG gives the ELBO, an upper bound on NLL.
 On a synthetic corpus, `true_grammar_likelihood` gives the true grammar's NLL on the same
-sentences: the floor any learner can reach.
+sentences: the floor any learner can reach. `scored_batches` yields each sentence's log p(x),
+which `corpus_likelihood` sums and `gfnem score` writes.
 """
 from __future__ import annotations
 
@@ -49,18 +50,27 @@ def tokens_in(lengths: torch.Tensor) -> int:
     return int((lengths + 1).sum())
 
 
-@torch.no_grad()
-def corpus_likelihood(model, batches, inside, device) -> CorpusLikelihood:
-    total, tokens, count, bound = 0.0, 0, 0, False
+def scored_batches(model, batches, inside, device):
+    """Per batch, its sentences of two or more words scored (a CNF grammar cannot derive a
+    1-word sentence): (rows of the batch's input list, log p(x) (B,), lengths, is_bound).
+    The one pass behind the corpus figures and the per-sentence ones (`gfnem score`)."""
     for batch in batches:
-        keep = batch.lengths >= 2  # a CNF grammar cannot derive a 1-word sentence
+        keep = batch.lengths >= 2
         if not bool(keep.any()):
             continue
         ids, lengths = batch.ids[keep].to(device), batch.lengths[keep].to(device)
-        log_p, is_bound = sentence_log_likelihood(model, ids, lengths, inside)
+        with torch.no_grad():
+            log_p, is_bound = sentence_log_likelihood(model, ids, lengths, inside)
+        yield batch.index[keep.cpu()].tolist(), log_p, lengths, is_bound
+
+
+@torch.no_grad()
+def corpus_likelihood(model, batches, inside, device) -> CorpusLikelihood:
+    total, tokens, count, bound = 0.0, 0, 0, False
+    for rows, log_p, lengths, is_bound in scored_batches(model, batches, inside, device):
         total += float(-log_p.double().sum())
         tokens += tokens_in(lengths)
-        count += int(keep.sum())
+        count += len(rows)
         bound = bound or is_bound
     return CorpusLikelihood(total, tokens, count, bound)
 

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from gfnem_cli.engine.errors import GfnemError
 from grammars.binary_trees import escape_word
 from grammars.data.corpus import PrepareOptions, load_corpus, prepare_text, prepare_trees, save_corpus
+from grammars.data.predicted_trees import read_predicted_spans
 from grammars.data.raw_text import TextOptions
-from grammars.data.treebank import Tree, clean_tree, decode_bytes, parse_bracketed, read_predicted_spans
+from grammars.data.treebank import Tree, clean_tree, decode_bytes, parse_bracketed
 
 SETTINGS = dict(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

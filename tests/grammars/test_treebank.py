@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from gfnem_cli.engine.errors import GfnemError
+from grammars.data.predicted_trees import read_predicted_spans
 from grammars.data.treebank import (base_label, clean_tree, collect_files, parse_bracketed,
-                               read_predicted_spans, read_text, tree_words_spans, wsj_section)
+                               read_text, tree_words_spans, wsj_section)
 
 
 def cleaned(text: str):
