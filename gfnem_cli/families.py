@@ -2,7 +2,7 @@
 
 The recipe's `family` key (and, for an existing run, the `family` of its saved config.yaml)
 picks the run module `train`, `sample`, `parse` and `evaluate` call. A run module offers
-`train_run(recipe, out, overrides, resume, device, show_progress, command)` and
+`train_run(recipe, out, overrides, resume, device, show_progress, command, log_every)` and
 `load_run(run_dir, device, which)`. Adding a family is one entry in `RUN_MODULES`; a family
 that is unknown (or not built yet) is a one-line error naming the known ones. Modules are
 imported only when a command needs one, so `gfnem --help` stays fast.

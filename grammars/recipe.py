@@ -21,8 +21,10 @@ KINDS = ("npcfg", "cpcfg", "ncfg")                           # grammars.models.K
 INSIDE = ("ours", "torch-struct")                            # grammars.charts.backends
 OBJECTIVES = OBJECTIVE_NAMES                                 # gfnem_cli.engine.objectives
 MSTEP_LABELS = ("sampled", "summed")                         # training.em_methods.MSTEP_LABELS
+SELECT_METRICS = ("val_nll_per_token", "val_sentence_f1",    # the NLL (lower is better), or
+                  "val_corpus_f1")                           # training.validation_f1.F1_METRICS
 __all__ = ["CONTROL_VARIATES", "DIVERGENCES", "GRAMMAR", "GRAMMAR_DEFAULTS", "GRAMMAR_RANGES",
-           "INSIDE", "KINDS", "METHODS", "MSTEP_LABELS", "OBJECTIVES"]
+           "INSIDE", "KINDS", "METHODS", "MSTEP_LABELS", "OBJECTIVES", "SELECT_METRICS"]
 
 LENGTH_CAP = ZeroOr(Integer(lo=2), "no cap")   # a cap of 1 leaves no sentence to train on
 
@@ -34,6 +36,10 @@ GRAMMAR_SCHEMA: dict = {
         "valid_split": Key("valid", NAME),
         "max_train_length": Key(40, LENGTH_CAP),   # 0 = no cap
         "max_valid_sentences": Key(0, COUNT),      # 0 = the whole split
+        "max_valid_f1_sentences": Key(200, COUNT),  # validation F1 on the first this many of
+                                    # those sentences; 0 = all of them. Viterbi costs ~20x the
+                                    # inside pass (CPU), so F1 on 200 PTB sentences adds ~10%
+                                    # to a run validated every 1,000 steps
     },
     "model": {
         "kind": Key("npcfg", OneOf(*KINDS)),
@@ -49,7 +55,11 @@ GRAMMAR_SCHEMA: dict = {
     # the engine's train section (Kim et al.'s Adam for the grammar) and a length curriculum
     "train": {**train_section(batch_size=4, lr=1e-3, betas=(0.75, 0.999), grad_clip=3.0),
               "curriculum_start": Key(0, ZeroOr(Integer(lo=2), "off")),  # else admit start +
-              "curriculum_increment": Key(1, COUNT)},                    # epoch * increment words
+              "curriculum_increment": Key(1, COUNT),                     # epoch * increment words
+              # bracketing F1 at every validation where the split has gold trees
+              "valid_f1": Key(True, BOOLEAN),
+              # what best.pt is chosen by: the NLL (lowest; the peers' choice) or an F1 (highest)
+              "select_metric": Key("val_nll_per_token", OneOf(*SELECT_METRICS))},
     # ---- methods gfnem / exact-sampling / mcem (grammars.training.em_methods)
     "sampler": {                          # the tree GFlowNet (method gfnem)
         "d_model": Key(512, AT_LEAST_ONE),        # Transformer width (paper: 512)
@@ -92,6 +102,12 @@ def grammar_conflicts(config: dict):
                        "false (a uniform backward policy)",
                        "set sampler.learn_backward: false")
     yield from shared_conflicts(config, "sentence")
+    train = config["train"]
+    if train["select_metric"] != SELECT_METRICS[0] and not train["valid_f1"]:
+        yield Conflict(("train.select_metric", "train.valid_f1"),
+                       f"train.select_metric {train['select_metric']} needs the validation F1, "
+                       "which train.valid_f1: false turns off",
+                       "set train.valid_f1: true, or train.select_metric: val_nll_per_token")
     if gfnem and sampler["d_model"] % sampler["num_heads"]:
         yield Conflict(("sampler.num_heads", "sampler.d_model"),
                        f"sampler.num_heads ({sampler['num_heads']}) must divide sampler.d_model "

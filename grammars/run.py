@@ -2,7 +2,10 @@
 
 The lifecycle (checks first, atomic writes after) is the engine's (`engine/runs.py`); this
 module adds what a grammar run keeps beside the engine's files: RUN/vocab.json (so parsing
-needs no corpus), RUN/corpus_manifest.json and, for a synthetic corpus, RUN/true_grammar.json.
+needs no corpus), RUN/corpus_manifest.json and, for a synthetic corpus, RUN/true_grammar.json,
+and the grammar's lines of the run's header (corpus sizes, vocabulary, what validation
+measures). best.pt is chosen by `train.select_metric`: the validation NLL per token (lowest),
+or a validation F1 (highest; `training/validation_f1.py`).
 """
 from __future__ import annotations
 
@@ -24,9 +27,8 @@ from grammars.models import build_grammar
 from grammars.recipe import GRAMMAR_DEFAULTS
 from grammars.training.em_methods import build_em_method, load_sampler
 from grammars.training.exact_marginal import ExactMarginalMethod
+from grammars.training.validation_f1 import F1_METRICS, validation_f1
 from grammars.data.vocabulary import Vocabulary
-
-SELECT_METRIC = "val_nll_per_token"     # what best.pt minimizes (the NLL unit: a token)
 
 
 def inside_backend(name: str):
@@ -64,11 +66,14 @@ def split_ids(corpus, split: str, role: str, key: str) -> list:
 
 
 def _build_method(config: dict, model, corpus, device, inside):
+    """The trainer's method, its validation F1 (None when off or without gold trees) and the
+    number of validation sentences."""
     train = config["train"]
     valid = split_ids(corpus, config["data"]["valid_split"], "validation", "data.valid_split")
     limit = config["data"]["max_valid_sentences"]
     valid = valid[:limit] if limit > 0 else valid
     valid_batches = in_order_batches(valid, train["eval_batch_size"])
+    f1 = validation_f1(config, corpus, valid, device, inside)
     method = config["method"]
     if method == "marginal":
         if config["model"]["kind"] == "ncfg":
@@ -76,13 +81,42 @@ def _build_method(config: dict, model, corpus, device, inside):
                              "non-context-free grammar has no inside algorithm",
                              hint="use method: gfnem or method: mcem")
         return ExactMarginalMethod(model, inside, valid_batches, device, train["lr"],
-                                   train["betas"], train["grad_clip"])
-    return build_em_method(config, model, valid_batches, device, inside)
+                                   train["betas"], train["grad_clip"], f1), f1, len(valid)
+    return build_em_method(config, model, valid_batches, device, inside, f1), f1, len(valid)
+
+
+def describe(config: dict, corpus, train_ids: list, valid_count: int, f1, model,
+             sampler) -> list[str]:
+    """The grammar's lines of the run's header: the corpus, what trains, the vocabulary and
+    what validation measures (the engine adds run, device and parameter counts)."""
+    data, splits = config["data"], corpus.manifest.get("splits", {})
+    cap = data["max_train_length"]
+    used = sum(1 for s in train_ids if len(s) >= 2 and (cap == 0 or len(s) <= cap))
+    sizes = ", ".join(f"{name} {count:,}" for name, count in corpus.sizes.items())
+    unk = [f"{role} {100 * splits[name]['unk_rate']:.2f}%" for role, name in
+           (("train", data["train_split"]), ("valid", data["valid_split"]))
+           if isinstance(splits.get(name, {}).get("unk_rate"), (int, float))]
+    lines = [f"corpus: {corpus.path} ({corpus.manifest.get('kind')}; sentences: {sizes})",
+             f"training: {used:,} sentences of {data['train_split']!r} with 2"
+             f"{f'-{cap}' if cap else '+'} words",
+             f"vocabulary: {len(corpus.vocab):,} types (<unk> included)"
+             + (f"; <unk> in {', '.join(unk)} of the words" if unk else "")]
+    if f1 is not None:
+        f1_text = (f"bracketing F1 on the first {len(f1):,} of them "
+                   f"({f1.decoder(model, sampler)} decoding)")
+    elif not config["train"]["valid_f1"]:
+        f1_text = "no F1 (train.valid_f1: false)"
+    else:
+        f1_text = "no F1 (no gold trees)"
+    lines.append(f"validation: NLL per token on {valid_count:,} sentences of "
+                 f"{data['valid_split']!r}; {f1_text}; best.pt by "
+                 f"{config['train']['select_metric']}")
+    return lines
 
 
 def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool,
               device: str = "auto", show_progress: bool = True,
-              command: list[str] | None = None) -> dict:
+              command: list[str] | None = None, log_every: int = 0) -> dict:
     """Check everything, then write: a refused start or resume leaves `out` as it was."""
     out = Path(out)
     config, state = begin(GRAMMAR_DEFAULTS, recipe, overrides, out, resume)
@@ -98,7 +132,7 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     torch.manual_seed(config["train"]["seed"])
     model = build_model(config, len(corpus.vocab)).to(dev)
     inside = inside_backend(config["inside"])
-    method = _build_method(config, model, corpus, dev, inside)
+    method, f1, valid_count = _build_method(config, model, corpus, dev, inside)
     train = config["train"]
     schedule = BucketedSchedule(train_ids, train["batch_size"], train["seed"],
                                 config["data"]["max_train_length"],
@@ -106,7 +140,9 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     options = TrainerOptions(steps=train["steps"], max_model_updates=train["max_model_updates"],
                              eval_every=train["eval_every"],
                              checkpoint_every=train["checkpoint_every"],
-                             select_metric=SELECT_METRIC, show_progress=show_progress)
+                             select_metric=train["select_metric"],
+                             select_maximize=train["select_metric"] in F1_METRICS,
+                             show_progress=show_progress, log_every=log_every)
     trainer = Trainer(out, method, schedule, options, config, corpus.manifest["fingerprint"],
                       items_in=len)
     files = {"vocab.json": (corpus.path / "vocab.json").read_text(encoding="utf-8"),
@@ -114,7 +150,9 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     if (corpus.path / "grammar.json").exists():
         files["true_grammar.json"] = (corpus.path / "grammar.json").read_text(encoding="utf-8")
     saved = saved_config(out) if resume and state.has_checkpoint else None
-    return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command)
+    return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command,
+                  describe(config, corpus, train_ids, valid_count, f1, model,
+                           getattr(method, "modules", {}).get("sampler")))
 
 
 @dataclass

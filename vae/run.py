@@ -40,7 +40,7 @@ def split_images(images, name: str, key: str) -> torch.Tensor:
 
 def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool,
               device: str = "auto", show_progress: bool = True,
-              command: list[str] | None = None) -> dict:
+              command: list[str] | None = None, log_every: int = 0) -> dict:
     """Check everything, then write: a refused start or resume leaves `out` as it was."""
     out = Path(out)
     config, state = begin(VAE_DEFAULTS, recipe, overrides, out, resume)
@@ -62,11 +62,16 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     options = TrainerOptions(steps=train["steps"], max_model_updates=train["max_model_updates"],
                              eval_every=train["eval_every"],
                              checkpoint_every=train["checkpoint_every"],
-                             select_metric=SELECT_METRIC, show_progress=show_progress)
+                             select_metric=SELECT_METRIC, show_progress=show_progress,
+                             log_every=log_every)
     trainer = Trainer(out, method, schedule, options, config, data.fingerprint, items_in=len)
     files = {MANIFEST: (data.path / "manifest.json").read_text(encoding="utf-8")}
     saved = saved_config(out) if resume and state.has_checkpoint else None
-    return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command)
+    height, width = data.image_shape      # the header's data line (engine/run_header.py)
+    images = (f"images: {data.path} ({data.manifest.get('kind')}; {height}x{width} binary): "
+              f"train {len(train_images):,}, validation {len(valid):,}")
+    return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command,
+                  [images])
 
 
 @dataclass

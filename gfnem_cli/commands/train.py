@@ -24,25 +24,48 @@ def train(
                                 "train.steps and train.max_model_updates may be raised)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    log_every: int = typer.Option(0, "--log-every", help="When output goes to a file (a "
+                                  "cluster job, nohup): one timestamped line every N steps, "
+                                  "besides one after every validation; 0 = about 50 lines per "
+                                  "run. The last N steps (at least 10) are also the window of "
+                                  "the smoothed loss (loss_avg) and of the share of steps that "
+                                  "updated the model (EM methods: 'updated k/N'); 5N steps "
+                                  "without a model update (and at least a tenth of the run) "
+                                  "give a notice."),
 ) -> None:
     """Train a grammar or a discrete VAE (recipe `family`) by GFlowNet-EM or a baseline.
 
-    Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with code
-    130; `--resume` then continues exactly. The run directory is never deleted.
+    Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and
+    exits with code 130; `--resume` then continues exactly. The run
+    directory is never deleted.
+
+    The run opens with a header (run directory, device, parameters, data
+    sizes). In a terminal a live bar follows (step count, ETA, figures, the
+    last and the best validation); when output goes to a file, timestamped
+    lines (--log-every). Every metrics.jsonl record has `time` and
+    `elapsed_s`. Grammar runs also report validation F1 where the split has
+    gold trees (train.valid_f1, data.max_valid_f1_sentences), and
+    train.select_metric may choose best.pt by F1 instead of NLL.
     """
     import shlex
     import sys
 
     from gfnem_cli import families
+    from gfnem_cli.commands.checks import at_least
     from gfnem_cli.engine.trainer import TrainingInterrupted
+
+    at_least("--log-every", log_every, 0, "0 gives about 50 lines per run")
 
     command = ["gfnem", "train", str(recipe), "--out", str(out)]
     for override in overrides or []:
         command += ["--set", override]
+    if log_every:
+        command += ["--log-every", str(log_every)]
     try:
         train_run = families.for_recipe(recipe, overrides or []).train_run
         report = train_run(recipe, out, overrides or [], resume=resume, device=device,
-                           show_progress=not quiet, command=["gfnem", *sys.argv[1:]])
+                           show_progress=not quiet, command=["gfnem", *sys.argv[1:]],
+                           log_every=log_every)
     except TrainingInterrupted as stop:
         again = " ".join(shlex.quote(part) for part in command + ["--resume"])
         err_console.print(f"[bold yellow]{escape(str(stop))}[/]; continue with `{escape(again)}`",
@@ -55,12 +78,28 @@ def train(
         warn(f"{report['nonfinite_steps_skipped']} steps with non-finite losses were skipped")
     best = report.get("best", {})
     image = families.family_of_recipe(recipe, overrides or []) == "vae"
+    chosen = report.get("select_metric")
+    by_f1 = (f"best {chosen} {best[chosen]:.2f} at step {report['best_step']}"
+             f"{_also_nll(best)}; " if chosen and chosen.endswith("_f1")
+             and best.get(chosen) is not None else "")
     console.print(f"[bold green]done[/]: {report['steps']} steps ({report['model_updates']} "
                   f"{'model' if image else 'grammar'} updates) in {report['train_seconds']} s; "
+                  + by_f1
                   + (f"best val NLL/token {best['val_nll_per_token']:.4f} at step "
-                     f"{report['best_step']}; " if best.get("val_nll_per_token") is not None
-                     else "")
+                     f"{report['best_step']}{_also_f1(best)}; "
+                     if not by_f1 and best.get("val_nll_per_token") is not None else "")
                   + (f"best val NLL {best['val_nll_nats']:.3f} nats/image at step "
                      f"{report['best_step']}; " if image and best.get("val_nll_nats")
                      is not None else "")
                   + f"run in {escape(str(out))}", highlight=False, soft_wrap=True)
+
+
+def _also_f1(best: dict) -> str:
+    """The validation F1 beside the NLL of the best checkpoint, where it was measured."""
+    f1 = best.get("val_sentence_f1")
+    return f" (sentence F1 {f1:.2f})" if isinstance(f1, (int, float)) else ""
+
+
+def _also_nll(best: dict) -> str:
+    nll = best.get("val_nll_per_token")
+    return f" (val NLL/token {nll:.4f})" if isinstance(nll, (int, float)) else ""

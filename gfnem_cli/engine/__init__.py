@@ -12,6 +12,10 @@
     schedules.py    the M-step threshold τ(g) and the E-loss moving average
     trainer.py      the training loop: progress, metrics, checkpoints, resume, signals; the
                     checked optimizer step (checked_step, check_finite, checked_clip)
+    progress.py     what a run shows while it trains: a live display in a terminal, timestamped
+                    lines in a file (`--log-every`); live_figures.py: the figures it shows
+                    (smoothed loss, EM gate and M-step share, the stalled-model notice)
+    run_header.py   the lines a run opens with: run, device, method, parameters, the family's data
     checkpoint.py   atomic checkpoints, RNG state, old checkpoint keys mapped on load
     runs.py         run directories: start / resume checks, device choice, config, reading back
     run_records.py  finished runs read back as numbers: report / evaluation figures, metrics.jsonl
@@ -41,7 +45,8 @@ _EXPORTS = {
     "em": ("EMOptions", "EMLoop"),
     "schedules": ("ThresholdSchedule", "MovingAverage"),
     "trainer": ("Trainer", "TrainerOptions", "TrainingInterrupted", "NonFiniteLoss",
-                "checked_step", "check_finite", "checked_clip", "clear_grads"),
+                "checked_step", "check_finite", "checked_clip", "clear_grads",
+                "VALIDATION_NOTES"),
     "importance": ("ImportanceEstimate", "standard_error"),
     "errors": ("GfnemError",),
     "objectives": ("build_objective", "OBJECTIVES", "Objective", "check_on_policy"),

@@ -35,6 +35,7 @@ from gfnem_cli.engine.config import flatten, load_config, resolve_config
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
+from gfnem_cli.engine.run_header import header_lines
 from gfnem_cli.engine.scalar_logs import check_logger
 
 LAST, BEST = "last", "best"
@@ -219,14 +220,19 @@ def begin(defaults, recipe: Path | None, overrides: list[str], out: Path, resume
 
 
 def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files: dict[str, str],
-           config: dict, device: torch.device, seed: int, command: list[str] | None) -> dict:
+           config: dict, device: torch.device, seed: int, command: list[str] | None,
+           describe: list[str] | tuple = ()) -> dict:
     """The end of every family's `train_run`: on resume load and check the checkpoint (still
     writing nothing; a run killed before its first checkpoint starts again from step 0), then
-    write the run's files, restore the checkpoint or seed every generator, and train."""
+    write the run's files, restore the checkpoint or seed every generator, and train.
+    `describe` are the family's lines of the run's header (its data: `run_header.py`)."""
     resumed = resume and state.has_checkpoint
     checkpoint = trainer.load_checkpoint() if resumed else None
     if checkpoint is not None:
         check_checkpoint_config(checkpoint, saved, state.path)
+    trainer.header = header_lines(state.path, device, trainer.method, config, describe,
+                                  checkpoint["step"] if checkpoint else None,
+                                  trainer.options.steps)
     # every check passed: from here on files are written, each atomically
     write_run_files(state.path, config, files,
                     run_info(state.path, device, checkpoint["step"] if checkpoint else None,

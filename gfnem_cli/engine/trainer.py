@@ -80,10 +80,17 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted at step {step}; checkpoint saved to {path}")
 
 
+VALIDATION_NOTES = "notes"     # a validation's lines of text to show, not figures to log
+
+
 class Method(Protocol):
     """`model_updates` (optional attribute): optimizer steps taken on the model's parameters θ
     so far; an EM method skips the M-step on some batches, so it can be fewer than the steps.
-    Without it, every finite step counts as one update."""
+    Without it, every finite step counts as one update. `modules` (optional, name -> module)
+    is what the run's header counts parameters of (`run_header.py`).
+
+    `validate` returns figures; under `VALIDATION_NOTES` it may add lines of text for the
+    progress display (an example parse), which are shown and not logged."""
 
     def train_step(self, batch: Any) -> dict[str, float]: ...
     def validate(self) -> dict[str, float]: ...
@@ -101,11 +108,13 @@ class TrainerOptions:
     max_model_updates: int = 0      # also stop after this many updates of θ (0 = no cap)
     eval_every: int = 500
     checkpoint_every: int = 200
-    select_metric: str = ""        # the validation metric best.pt minimizes, named by the
-                                   # family ("" = none: no best.pt)
+    select_metric: str = ""        # the validation metric best.pt is chosen by, named by
+                                   # the family ("" = none: no best.pt)
+    select_maximize: bool = False  # higher is better (an F1), else lower (an NLL)
     max_nonfinite_in_a_row: int = 20
     show_progress: bool = True
-    log_every: int = 0              # plain-line progress when not a terminal; 0 = ~50 lines
+    log_every: int = 0              # plain-line progress when not a terminal (and the window
+                                    # of the smoothed figures); 0 = ~50 lines per run
 
 
 class _StopFlag:
@@ -145,9 +154,13 @@ class Trainer:
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = self.epoch = self.position = 0
-        self.best: dict[str, Any] = {"value": math.inf, "step": None, "metrics": {}}
+        worst = -math.inf if options.select_maximize else math.inf
+        self.best: dict[str, Any] = {"value": worst, "step": None, "metrics": {}}
         self.nonfinite_total = 0
-        self.elapsed = 0.0
+        self.elapsed = 0.0                       # seconds inside training steps (the report's)
+        self.wall_elapsed = 0.0                  # wall seconds of the run before this session
+        self._session_began: float | None = None
+        self.header: list[str] = []              # the run's opening lines (`runs.launch`)
         self.last_train: dict[str, float] = {}   # the last finite step's metrics, for the report
         self.scalar_log = None                   # train.logger's second view of the log
 
@@ -159,7 +172,7 @@ class Trainer:
             "rng": ckpt.capture_rng(), "config": self.config,
             "data_fingerprint": self.fingerprint, "best": self.best,
             "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed,
-            "last_train": self.last_train,
+            "wall_elapsed": self.elapsed_s(), "last_train": self.last_train,
         }
 
     def save(self) -> None:
@@ -190,6 +203,8 @@ class Trainer:
             raise GfnemError(f"checkpoint does not fit this run ({type(exc).__name__})",
                              self.last_path, hint="restore it, or start a new run") from None
         self.elapsed = state.get("elapsed", 0.0)
+        # checkpoints older than the wall clock have the step time, a lower bound of it
+        self.wall_elapsed = state.get("wall_elapsed", self.elapsed)
         self.last_train = state.get("last_train", {})
 
     def resume(self) -> None:
@@ -219,9 +234,16 @@ class Trainer:
         self.scalar_log = open_logger(logger, self.run_dir, self.step, resumed, records)
 
     # ---------------------------------------------------------------- logging
+    def elapsed_s(self) -> float:
+        """Wall seconds the run has been training, over every session: a resume continues
+        from the checkpoint's figure, so `elapsed_s` never goes back in a resumed log."""
+        if self._session_began is None:
+            return self.wall_elapsed
+        return self.wall_elapsed + time.perf_counter() - self._session_began
+
     def _log(self, record: dict[str, Any]) -> None:
-        record = {"time": round(time.time(), 3), **{k: _finite_or_none(v)
-                                                    for k, v in record.items()}}
+        record = {"time": round(time.time(), 3), "elapsed_s": round(self.elapsed_s(), 3),
+                  **{k: _finite_or_none(v) for k, v in record.items()}}
         try:
             with self.metrics_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
@@ -230,17 +252,21 @@ class Trainer:
         if self.scalar_log is not None:
             self.scalar_log.log(record)
 
-    def _validate(self) -> dict[str, float]:
-        metrics = self.method.validate()
+    def _validate(self) -> tuple[dict[str, float], list[str]]:
+        metrics = dict(self.method.validate())
+        notes = [str(line) for line in metrics.pop(VALIDATION_NOTES, None) or ()]
         value = metrics.get(self.options.select_metric) if self.options.select_metric else None
         self._log({"kind": "eval", "step": self.step, **metrics})
-        if value is not None and math.isfinite(value) and value < self.best["value"]:
+        better = (value is not None and math.isfinite(value)
+                  and (value > self.best["value"] if self.options.select_maximize
+                       else value < self.best["value"]))
+        if better:
             self.best = {"value": value, "step": self.step, "metrics": metrics}
             ckpt.save_atomic({"format": ckpt.FORMAT_VERSION, "step": self.step,
                               "method": self.method.state_dict(), "config": self.config,
                               "data_fingerprint": self.fingerprint, "metrics": metrics},
                              self.best_path)
-        return metrics
+        return metrics, notes
 
     # ---------------------------------------------------------------- loop
     def model_updates(self) -> int:
@@ -265,11 +291,15 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         opts = self.options
         last_metrics = self.last_train
-        progress = TrainingProgress(opts.steps, self.step, opts.show_progress, opts.log_every)
+        self._session_began = time.perf_counter()
+        progress = TrainingProgress(opts.steps, self.step, opts.show_progress, opts.log_every,
+                                    header=self.header, elapsed=self.wall_elapsed,
+                                    select_metric=opts.select_metric)
         stream = self._batches()
         try:
             return self._fit(opts, progress, stream, last_metrics)
         finally:
+            self.wall_elapsed, self._session_began = self.elapsed_s(), None
             if self.scalar_log is not None:    # flushed whichever way the loop ends
                 self.scalar_log.close()
                 self.scalar_log = None
@@ -308,7 +338,9 @@ class Trainer:
                     progress.advanced(self.step, last_metrics)
                 finished = self._finished()
                 if self.step % opts.eval_every == 0 or finished:
-                    progress.validated(self.step, self._validate(), self.best["metrics"])
+                    with progress.validation(self.step):
+                        figures, notes = self._validate()
+                    progress.validated(self.step, figures, self.best, notes)
                 # never overwrite the last good checkpoint during a run of bad steps; a skipped
                 # step changes no parameter, so the state at the end is always good to keep
                 if finished or (in_a_row == 0 and self.step % opts.checkpoint_every == 0):
@@ -319,6 +351,7 @@ class Trainer:
         report = {"steps": self.step, "model_updates": self.model_updates(),
                   "epochs_started": self.epoch + 1,
                   "train_seconds": round(self.elapsed, 2), "best_step": self.best["step"],
+                  "select_metric": opts.select_metric or None,
                   "best": self.best["metrics"], "last_train": last_metrics,
                   "nonfinite_steps_skipped": self.nonfinite_total,
                   "ended_on_nonfinite_steps": in_a_row}

@@ -5,4 +5,5 @@
     mcem.py            Metropolis–Hastings over labeled trees, persistent chains (MC-EM)
     exact_marginal.py  exact marginal likelihood (N-PCFG) or the ELBO (C-PCFG)
     em_methods.py      recipe -> the engine's EMLoop for gfnem, exact-sampling and mcem
+    validation_f1.py   bracketing F1 of the validation split while training, one example tree
 """

@@ -19,7 +19,9 @@ the importance-sampled bound (`grammars.evaluation.importance_bound`) with `em.v
 sentence from the run's sampler. Either way under `val_nll_per_token` (which selects best.pt),
 with `val_nll_is_bound` saying which. MC-EM on the non-context-free grammar has no sampler: its
 bound uses a uniform tree proposal, which loosens as the grammar sharpens, so it is logged as
-`val_nll_uniform_proposal_bound` and selects nothing (such runs keep last.pt only).
+`val_nll_uniform_proposal_bound` and selects nothing (such runs keep last.pt only, unless
+`train.select_metric` chooses an F1). With gold trees, validation also gives bracketing F1
+(`validation_f1.py`, passed in as `valid_f1`).
 
 The compound PCFG is refused here: its per-sentence latent would need its own E-step.
 """
@@ -76,7 +78,8 @@ def _exact_draw(model, device):
     return draw
 
 
-def _validator(model, sampler, valid_batches, inside, device, samples: int, seed: int):
+def _validator(model, sampler, valid_batches, inside, device, samples: int, seed: int,
+               valid_f1=None):
     def validate() -> dict:
         if not valid_batches:
             return {}
@@ -97,11 +100,14 @@ def _validator(model, sampler, valid_batches, inside, device, samples: int, seed
             # grammar sharpens, so it must not select checkpoints (no best.pt; last.pt is used)
             out["val_nll_uniform_proposal_bound"] = out.pop("val_nll_per_token")
             out["val_ppl_uniform_proposal_bound"] = out.pop("val_ppl")
+        if valid_f1 is not None:
+            out.update(valid_f1(model, sampler))
         return out
     return validate
 
 
-def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoop:
+def build_em_method(config: dict, model, valid_batches, device, inside,
+                    valid_f1=None) -> EMLoop:
     method = config["method"]
     kind = getattr(model, "kind", config["model"]["kind"])
     if method not in METHODS:
@@ -161,7 +167,7 @@ def build_em_method(config: dict, model, valid_batches, device, inside) -> EMLoo
             estep = PosteriorEStep(draws, state=draws)
         modules = {"model": model}
     validate = _validator(model, sampler, valid_batches, inside, device,
-                          em["valid_samples"], train["seed"])
+                          em["valid_samples"], train["seed"], valid_f1)
     return EMLoop(family, estep, model_opt, model.parameters(), options, validate, modules)
 
 

@@ -21,11 +21,14 @@ def make_adam(parameters, lr: float, betas) -> torch.optim.Adam:
 
 
 class ExactMarginalMethod:
-    """One step = one Adam step on −mean log p(x) (or −mean ELBO) over the batch."""
+    """One step = one Adam step on −mean log p(x) (or −mean ELBO) over the batch.
 
-    def __init__(self, model, inside, valid_batches, device, lr: float, betas, grad_clip: float):
+    `valid_f1` (a `validation_f1.ValidationF1`, or None) adds bracketing F1 to validation."""
+
+    def __init__(self, model, inside, valid_batches, device, lr: float, betas, grad_clip: float,
+                 valid_f1=None):
         self.model, self.inside, self.device = model, inside, device
-        self.valid_batches = valid_batches
+        self.valid_batches, self.valid_f1 = valid_batches, valid_f1
         self.optimizer = make_adam(model.parameters(), lr, betas)
         self.grad_clip = grad_clip
 
@@ -42,7 +45,10 @@ class ExactMarginalMethod:
     def validate(self) -> dict[str, float]:
         self.model.eval()
         result = corpus_likelihood(self.model, self.valid_batches, self.inside, self.device)
-        return {"val_nll_per_token": result.nll_per_token, "val_ppl": result.perplexity}
+        out = {"val_nll_per_token": result.nll_per_token, "val_ppl": result.perplexity}
+        if self.valid_f1 is not None:
+            out.update(self.valid_f1(self.model, None))
+        return out
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -77,7 +77,11 @@ def expected(values):
 def test_summarize_reports_mean_and_sd_of_the_runs(grammar_runs, tmp_path, runner, cli_app):
     runs = grammar_runs["runs"]
     out = tmp_path / "summary.json"
-    result = ok(runner, cli_app, "summarize", *runs, "--json", out)
+    # wide enough for the table's columns (validation F1 is among a report's best.* figures);
+    # narrow output keeps each figure whole in its plain line, checked below
+    result = runner.invoke(cli_app, ["summarize", *map(str, runs), "--json", str(out)],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
     summary = json.loads(out.read_text())
     reports = [json.loads((run / "report.json").read_text()) for run in runs]
     metrics = [f"best.{key}" for key, value in reports[0]["best"].items()

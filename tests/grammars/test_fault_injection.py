@@ -135,7 +135,7 @@ TINY = {**{k: v for k, v in copy.deepcopy(CLI_TINY).items() if k != "mcem"},
                   "eval_batch_size": 8, "seed": 3}}
 STEPS = TINY["train"]["steps"]
 SEED = 20240610
-VOLATILE = {"time", "items_per_s", "train_seconds"}
+VOLATILE = {"time", "elapsed_s", "items_per_s", "train_seconds"}
 
 
 # One server, corpus and set of reference runs for the session: the three fault files import

@@ -66,7 +66,8 @@ def train(runner, app, path: Path, out: Path, *extra: str):
 
 def metric_lines(run: Path) -> list[dict]:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in line.items() if k not in ("items_per_s", "time")} for line in lines]
+    return [{k: v for k, v in line.items() if k not in ("items_per_s", "time", "elapsed_s")}
+            for line in lines]
 
 
 def assert_same_state(a, b, path="method"):

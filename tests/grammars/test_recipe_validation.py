@@ -219,6 +219,8 @@ def test_choices_match_what_the_consumers_accept():
     assert set(recipe.METHODS) == {"marginal", *em_methods.METHODS}
     assert set(recipe.DIVERGENCES) == set(em_methods.DIVERGENCES)
     assert set(recipe.KINDS) == set(KINDS)
+    from grammars.training.validation_f1 import F1_METRICS
+    assert set(recipe.SELECT_METRICS) == {"val_nll_per_token", *F1_METRICS}
     get_backend("ours")
     with pytest.raises(ValueError):
         get_backend("not-a-backend")

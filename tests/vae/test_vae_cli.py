@@ -237,3 +237,17 @@ def test_every_recipe_resolves():
                 s = config["sampler"]
                 assert (s["lr"], s["log_z_lr"], s["channels"]) == (2e-4, 0.1, 128)
                 assert config["em"]["sleep_weight"] == 0.3
+
+
+def test_an_image_run_opens_with_its_header(tmp_path, shapes, runner, cli_app):
+    """Output to a file (not a terminal): the header's lines, timestamped, with the image
+    family's data line and the parameters of every module."""
+    result = invoke(runner, cli_app, "train", REPO / "recipes" / "shapes-gumbel.yaml", "--out",
+                    tmp_path / "run", "--set", f"data.path={shapes}", "--set", "train.steps=2",
+                    "--set", "train.eval_every=2", *TINY, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    body = [line[20:] for line in result.output.splitlines()
+            if line[:4].isdigit() and line[4] == "-"]
+    assert any(b.startswith("images: ") and "28x28" in b and "train 48, validation 8" in b
+               for b in body), body
+    assert any(b.startswith("parameters: vae ") and "encoder " in b for b in body), body
