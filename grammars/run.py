@@ -30,6 +30,8 @@ from grammars.training.exact_marginal import ExactMarginalMethod
 from grammars.training.validation_f1 import F1_METRICS, validation_f1
 from grammars.data.vocabulary import Vocabulary
 
+DEFAULTS = GRAMMAR_DEFAULTS      # this family's recipe defaults (`gfnem train --print-config`)
+
 
 def inside_backend(name: str):
     try:

@@ -22,6 +22,9 @@ from vae.recipe import VAE_DEFAULTS
 from vae.training.em_methods import (SELECT_METRIC, build_encoder, build_method, build_sampler,
                                      build_vae)
 
+DEFAULTS = VAE_DEFAULTS      # this family's recipe defaults (`gfnem train --print-config`)
+
+
 MANIFEST = "data_manifest.json"
 
 

@@ -14,8 +14,9 @@ from gfnem_cli.console import console, err_console, friendly_errors, warn
 @friendly_errors
 def train(
     recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/); every key is validated."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory: config, metrics.jsonl, "
-                             "checkpoints and the final report are written here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory: config, "
+                                       "metrics.jsonl, checkpoints and the final report are "
+                                       "written here (required unless --print-config)."),
     overrides: Optional[List[str]] = typer.Option(
         None, "--set", help="Override a recipe key by dotted path, e.g. --set train.steps=500 "
         "--set model.nonterminals=20. Repeatable; values are read as YAML."),
@@ -32,6 +33,10 @@ def train(
                                   "updated the model (EM methods: 'updated k/N'); 5N steps "
                                   "without a model update (and at least a tenth of the run) "
                                   "give a notice."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print every key of the "
+                                      "resolved config (recipe, then --set) with its value and, "
+                                      "where it differs, its default; then exit without "
+                                      "training or writing anything."),
 ) -> None:
     """Train a grammar or a discrete VAE (recipe `family`) by GFlowNet-EM or a baseline.
 
@@ -55,6 +60,14 @@ def train(
     from gfnem_cli.engine.trainer import TrainingInterrupted
 
     at_least("--log-every", log_every, 0, "0 gives about 50 lines per run")
+    if print_config:
+        _print_config(recipe, overrides or [])
+        return
+    if out is None:
+        from gfnem_cli.engine.errors import GfnemError
+
+        raise GfnemError("missing option --out (the run directory)",
+                         hint="gfnem train RECIPE --out RUN, or --print-config to only look")
 
     command = ["gfnem", "train", str(recipe), "--out", str(out)]
     for override in overrides or []:
@@ -103,3 +116,28 @@ def _also_f1(best: dict) -> str:
 def _also_nll(best: dict) -> str:
     nll = best.get("val_nll_per_token")
     return f" (val NLL/token {nll:.4f})" if isinstance(nll, (int, float)) else ""
+
+
+def _print_config(recipe: Path, overrides: list[str]) -> None:
+    """Every resolved key, `key: value`, with `# default: ...` where the recipe or --set
+    changed it; the same checks as training, so a bad recipe is refused here too."""
+    from gfnem_cli import families
+    from gfnem_cli.engine.config import flatten, resolve_config
+
+    defaults = families.for_recipe(recipe, overrides).DEFAULTS
+    config = flatten(resolve_config(defaults, recipe, overrides))
+    plain = flatten(defaults)
+    width = max(len(key) for key in config)
+    for key, value in config.items():
+        note = "" if plain.get(key) == value else f"   # default: {_show(plain.get(key))}"
+        console.print(f"{key.ljust(width)}  {_show(value)}{note}", highlight=False,
+                      soft_wrap=True, markup=False)
+
+
+def _show(value) -> str:
+    import json
+
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
+    return json.dumps(value) if isinstance(value, (list, dict, str, bool)) or value is None \
+        else str(value)
