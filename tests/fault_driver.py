@@ -156,8 +156,7 @@ def _install(fault: dict) -> None:
 
             def _log(self, record):
                 size = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
-                line = len(json.dumps({"time": round(time.time(), 3), "elapsed_s": 1.234,
-                                       **record}))
+                line = len(json.dumps({"time": 0.001, "elapsed_s": 1.234, **record})) + 10
                 if SAVES["n"] >= fault["after_save"] and size % page + line > page + 8:
                     fill(Path(fault["filler"]), 0)
                 return log(self, record)

@@ -23,6 +23,8 @@ import pytest
 import torch
 import yaml
 
+from test_gfnem_train_cli import corpus  # noqa: F401  (the tiny synthetic corpus fixture)
+
 STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 TINY = {
     "data": {"path": "", "max_train_length": 8},
@@ -31,19 +33,6 @@ TINY = {
     "train": {"steps": 6, "batch_size": 4, "eval_every": 3, "checkpoint_every": 3,
               "eval_batch_size": 8},
 }
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
-    from gfnem_cli.app import app
-
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    result = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out),
-                                      "--num-sentences", "60", "--max-length", "8"])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def write_recipe(folder: Path, corpus: Path, **sections) -> Path:
