@@ -103,6 +103,12 @@ def describe(config: dict, corpus, train_ids: list, valid_count: int, f1, model,
              f"{f'-{cap}' if cap else '+'} words",
              f"vocabulary: {len(corpus.vocab):,} types (<unk> included)"
              + (f"; <unk> in {', '.join(unk)} of the words" if unk else "")]
+    rates = [splits.get(data[key], {}).get("unk_rate") for key in ("train_split", "valid_split")]
+    if all(isinstance(r, (int, float)) for r in rates) and rates[0] == 0 < rates[1]:
+        lines.append(f"warning: <unk> never occurs in {data['train_split']!r} but is "
+                     f"{100 * rates[1]:.2f}% of {data['valid_split']!r}: the model cannot learn "
+                     "what <unk> emits; prepare the corpus with a smaller --vocab-size (the "
+                     "README's PTB sample runs use 4000)")
     if f1 is not None:
         f1_text = (f"bracketing F1 on the first {len(f1):,} of them "
                    f"({f1.decoder(model, sampler)} decoding)")

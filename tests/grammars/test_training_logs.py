@@ -171,3 +171,25 @@ def test_log_every_below_zero_is_refused(tmp_path, corpus, runner, cli_app):
                    code=2)
     assert "--log-every must be at least 0" in result.output and not run.exists()
 
+
+
+def test_header_warns_when_unk_never_occurs_in_training_but_does_in_validation():
+    from types import SimpleNamespace
+
+    from grammars.recipe import GRAMMAR_DEFAULTS
+    from grammars.run import describe
+
+    config = json.loads(json.dumps(GRAMMAR_DEFAULTS))
+    config["train"]["valid_f1"] = False
+
+    def header(train_rate, valid_rate):
+        corpus = SimpleNamespace(path="c", sizes={"train": 3, "valid": 2}, vocab=list("abc"),
+                                 manifest={"kind": "ptb", "splits": {
+                                     "train": {"unk_rate": train_rate},
+                                     "valid": {"unk_rate": valid_rate}}})
+        return describe(config, corpus, [[1, 2], [1, 2, 3]], 2, None, None, None)
+
+    warned = [line for line in header(0.0, 0.106) if line.startswith("warning:")]
+    assert len(warned) == 1 and "10.60%" in warned[0] and "--vocab-size" in warned[0]
+    assert not [line for line in header(0.079, 0.106) if line.startswith("warning:")]
+    assert not [line for line in header(0.0, 0.0) if line.startswith("warning:")]
