@@ -6,7 +6,9 @@ sha256; then the folder is swapped in — one atomic exchange where Linux offers
 (renameat2 RENAME_EXCHANGE), else two renames whose interruption the next prepare repairs.
 So a kill at any moment leaves the old data set or the new one, and a truncated, edited or
 deleted file is named when the set is loaded instead of surfacing as an Arrow traceback or
-as silently different data.
+as silently different data. `manifest_of` and `load_split` are the reading side both
+families share: what a path holds instead of a prepared set, and one split checked against
+its manifest (a family adds only its own range check).
 """
 from __future__ import annotations
 
@@ -183,3 +185,56 @@ def recover(out: Path) -> None:
             path.rename(out)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def load_split(folder: Path, features, count: int, what: str, unit: str, damaged: str,
+               value_problem: Callable[[object], str | None] | None = None,
+               validate: bool = False):
+    """One split of a prepared set through `datasets`, checked against its manifest: the
+    columns, the row count, then `value_problem(arrow_table)` (a family's range check, None
+    when the values are fine). Any failure of the library on a damaged folder is reported as
+    the damage it is, in one line naming the folder. `validate`: let Arrow check every offset
+    and buffer (for sets without checksums to trust)."""
+    import datasets
+
+    if not folder.is_dir():
+        raise GfnemError("missing split folder", folder, hint=damaged)
+    problem = None
+    try:
+        split = datasets.Dataset.load_from_disk(str(folder))
+        if validate:
+            split.data.table.validate(full=True)
+        if split.features != features:
+            problem = f"its columns are not those of a prepared {what}"
+        elif split.num_rows != count:
+            problem = f"{split.num_rows:,} {unit} where the manifest says {count:,}"
+        elif value_problem is not None:
+            problem = value_problem(split.data.table)
+    except Exception as exc:   # datasets / pyarrow on a damaged folder: many exception types
+        raise GfnemError(f"cannot read this split: {first_line(exc)}", folder,
+                         hint=damaged) from None
+    if problem:
+        raise GfnemError(problem, folder, hint=damaged)
+    return split
+
+
+def manifest_of(path: Path, what: str, create: str) -> Path:
+    """The manifest file of the prepared set at `path`, or a one-line error saying what is
+    there instead: a file, nothing (or what an interrupted prepare set aside), a folder that
+    no `prepare` wrote. `what` names the set ("corpus"), `create` the command that makes one."""
+    path = Path(path)
+    if path.is_file():
+        raise GfnemError(f"is a file, not a prepared {what} directory", path,
+                         hint="give a directory written by `gfnem prepare`")
+    if not path.exists():
+        aside = set_aside(path)
+        if aside is not None:
+            raise GfnemError(f"no {what} here: an interrupted `gfnem prepare` left one in "
+                             f"{aside.name}", path, hint="prepare it again (which puts "
+                             f"the old {what} back first), or rename that folder")
+        raise GfnemError(f"no such {what} directory", path, hint=f"create it with {create}")
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        raise GfnemError(f"not a prepared {what} (no manifest.json)", path,
+                         hint=f"create it with {create}")
+    return manifest

@@ -111,21 +111,7 @@ def load_corpus(path: Path) -> Corpus:
     import datasets
 
     path = Path(path)
-    if path.is_file():
-        raise GfnemError("is a file, not a prepared corpus directory", path,
-                         hint="give a directory written by `gfnem prepare`")
-    if not path.exists():
-        aside = prepared.set_aside(path)
-        if aside is not None:
-            raise GfnemError(f"no corpus here: an interrupted `gfnem prepare` left one in "
-                             f"{aside.name}", path, hint="prepare it again (which puts "
-                             "the old corpus back first), or rename that folder")
-        raise GfnemError("no such corpus directory", path,
-                         hint="create it with `gfnem prepare`")
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise GfnemError("not a prepared corpus (no manifest.json)", path,
-                         hint="create it with `gfnem prepare`")
+    manifest_path = prepared.manifest_of(path, "corpus", "`gfnem prepare`")
     manifest = _read_manifest(manifest_path)
     files = manifest.get("files")
     if files is not None:
@@ -182,35 +168,22 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _load_split(folder: Path, count: int, vocab_size: int, validate: bool):
-    """One split through `datasets`, checked against the manifest: any failure of the
-    library on a damaged folder is reported as the damage it is."""
+    """One split, checked as every prepared set's (`prepared.load_split`) plus the token
+    ids' range; an empty split may have no Arrow file at all."""
     import datasets
     import pyarrow.compute as pc
 
-    if not folder.is_dir():
-        raise GfnemError("missing split folder", folder, hint=DAMAGED)
-    if count == 0 and not any(folder.glob("*.arrow")):
+    if folder.is_dir() and count == 0 and not any(folder.glob("*.arrow")):
         return datasets.Dataset.from_dict({name: [] for name in _features()},
                                           features=_features())
-    try:
-        split = datasets.Dataset.load_from_disk(str(folder))
-        table = split.data.table
-        if validate:   # no checksums to trust: let Arrow check every offset and buffer
-            table.validate(full=True)
-        problem = None
-        if split.features != _features():
-            problem = "its columns are not those of a prepared corpus"
-        elif split.num_rows != count:
-            problem = f"{split.num_rows:,} sentences where the manifest says {count:,}"
-        else:
-            ids = pc.list_flatten(table.column("ids"))
-            low, high = pc.min(ids).as_py(), pc.max(ids).as_py()
-            if low is not None and (low < 0 or high >= vocab_size):
-                problem = f"token ids outside the vocabulary of {vocab_size:,}"
-    except Exception as exc:   # datasets / pyarrow on a damaged folder: many exception types
-        raise GfnemError(f"cannot read this split: {prepared.first_line(exc)}", folder,
-                         hint=DAMAGED) from None
-    if problem:
-        raise GfnemError(problem, folder, hint=DAMAGED)
-    return split
+
+    def ids_problem(table) -> str | None:
+        ids = pc.list_flatten(table.column("ids"))
+        low, high = pc.min(ids).as_py(), pc.max(ids).as_py()
+        if low is not None and (low < 0 or high >= vocab_size):
+            return f"token ids outside the vocabulary of {vocab_size:,}"
+        return None
+
+    return prepared.load_split(folder, _features(), count, "corpus", "sentences", DAMAGED,
+                               ids_problem, validate)
 

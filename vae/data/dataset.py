@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.prepared import first_line
+from gfnem_cli.engine import prepared
 from vae.data.disk import DAMAGED, features, read_manifest
 
 
@@ -103,7 +103,7 @@ def load_image_set(path: Path) -> ImageSet:
     try:
         listed = json.loads(listing.read_text(encoding="utf-8")).get("splits")
     except (OSError, ValueError, AttributeError) as exc:
-        raise GfnemError(f"unreadable split list: {first_line(exc)}", listing,
+        raise GfnemError(f"unreadable split list: {prepared.first_line(exc)}", listing,
                          hint=DAMAGED) from None
     if not isinstance(listed, list) or set(map(str, listed)) != set(sizes):
         raise GfnemError(f"lists splits {listed!r} but the manifest has {sorted(sizes)}",
@@ -118,30 +118,19 @@ def load_image_set(path: Path) -> ImageSet:
 
 
 def _load_split(folder: Path, count: int, expected, manifest: dict):
-    import datasets
     import pyarrow.compute as pc
 
-    if not folder.is_dir():
-        raise GfnemError("missing split folder", folder, hint=DAMAGED)
-    problem = None
-    try:
-        split = datasets.Dataset.load_from_disk(str(folder))
-        if split.features != expected:
-            problem = "its columns are not those of a prepared image set"
-        elif split.num_rows != count:
-            problem = f"{split.num_rows:,} images where the manifest says {count:,}"
-        elif count:
-            pixels = pc.list_flatten(split.data.table.column("pixels"))
-            if pc.max(pixels).as_py() > 1:
-                problem = "pixels other than 0 and 1"
-            elif "codes" in split.column_names:
-                codes = pc.list_flatten(split.data.table.column("codes"))
-                k = manifest["model"]["num_codes"]
-                if pc.min(codes).as_py() < 0 or pc.max(codes).as_py() >= k:
-                    problem = f"codes outside 0..{k - 1}"
-    except Exception as exc:   # datasets / pyarrow on a damaged folder: many exception types
-        raise GfnemError(f"cannot read this split: {first_line(exc)}", folder,
-                         hint=DAMAGED) from None
-    if problem:
-        raise GfnemError(problem, folder, hint=DAMAGED)
-    return split
+    def values_problem(table) -> str | None:
+        if not count:
+            return None
+        if pc.max(pc.list_flatten(table.column("pixels"))).as_py() > 1:
+            return "pixels other than 0 and 1"
+        if "codes" in table.column_names:
+            codes = pc.list_flatten(table.column("codes"))
+            k = manifest["model"]["num_codes"]
+            if pc.min(codes).as_py() < 0 or pc.max(codes).as_py() >= k:
+                return f"codes outside 0..{k - 1}"
+        return None
+
+    return prepared.load_split(folder, expected, count, "image set", "images", DAMAGED,
+                               values_problem)

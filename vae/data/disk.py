@@ -96,14 +96,8 @@ def save_image_set(splits: dict[str, dict[str, np.ndarray]], manifest: dict, out
 
 def read_manifest(path: Path) -> dict:
     """The manifest of a prepared set, its required entries checked; one line on damage."""
-    path = Path(path)
-    if path.is_file():
-        raise GfnemError("is a file, not a prepared image set directory", path,
-                         hint="give a directory written by `gfnem prepare`")
-    target = path / "manifest.json"
-    if not target.is_file():
-        raise GfnemError("not a prepared image set (no manifest.json)", path,
-                         hint="create it with `gfnem prepare shapes` or `gfnem prepare mnist`")
+    target = prepared.manifest_of(Path(path), "image set",
+                                  "`gfnem prepare shapes` or `gfnem prepare mnist`")
     try:
         manifest = json.loads(target.read_bytes().decode("utf-8"))
     except OSError as exc:
