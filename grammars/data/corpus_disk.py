@@ -150,6 +150,11 @@ def _read_manifest(path: Path) -> dict:
         raise GfnemError(f"manifest format {manifest.get('format')!r} is not "
                          f"{MANIFEST_FORMAT}", path, hint="prepare the corpus again")
     splits = manifest.get("splits")
+    if (isinstance(splits, dict) and splits and isinstance(manifest.get("kind"), str)
+            and all(isinstance(v, dict) and "sentences" not in v for v in splits.values())):
+        raise GfnemError(f"a prepared {manifest['kind']!r} set, not a corpus (its splits "
+                         "hold no sentences)", path.parent, hint="give a corpus written by "
+                         "`gfnem prepare ptb|text|synthetic`, or an image run for image sets")
     good = (isinstance(splits, dict) and splits
             and all(isinstance(s, dict) and type(s.get("sentences")) is int
                     and s["sentences"] >= 0 for s in splits.values())

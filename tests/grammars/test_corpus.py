@@ -153,3 +153,11 @@ def test_empty_split_round_trip_and_refusal(tmp_path):
                                          r"test 1\)"):
         loaded.split("valid")
     assert loaded.column("valid", "ids") == []
+
+
+def test_an_image_set_given_as_a_corpus_is_named_as_such(tmp_path):
+    from vae.data.shapes import prepare_shapes
+
+    prepare_shapes(tmp_path / "shapes", {"train": 4, "valid": 0, "test": 2})
+    with pytest.raises(GfnemError, match="a prepared 'shapes' set, not a corpus"):
+        load_corpus(tmp_path / "shapes")
