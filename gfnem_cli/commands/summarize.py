@@ -122,9 +122,9 @@ def render(records, metrics: list[str], summary: dict, title: str) -> None:
 
     table = Table(title=escape(title), title_justify="left")
     table.add_column("seed", justify="right")
-    table.add_column("run")
+    table.add_column("run", overflow="fold")
     for metric in metrics:
-        table.add_column(escape(metric), justify="right")
+        table.add_column(escape(metric), justify="right", overflow="fold")
     for rec in records:
         table.add_row("" if rec.seed is None else escape(str(rec.seed)), escape(str(rec.run)),
                       *(fmt(rec.figures[m]) for m in metrics), end_section=rec is records[-1])
