@@ -56,7 +56,7 @@ _EXPORTS = {
                                "model_optimizer_from_config", "shared_conflicts"),
     "runs": ("BEST", "LAST", "RESUMABLE_CHANGES", "check_checkpoint_config",
              "check_resume_config", "check_start", "checkpoint_path", "inspect_run_dir",
-             "resolve_device", "run_info", "same_config", "saved_config", "write_run_files",
+             "resolve_device", "run_info", "saved_config", "write_run_files",
              "begin", "launch"),
     "config": ("resolve_config", "load_config", "validate_config"),
 }

@@ -174,11 +174,6 @@ def check_resume_config(saved: dict, wanted: dict, resumable: set[str], run_dir:
                              hint="resume with the recipe and --set values the run began with")
 
 
-def same_config(a: dict, b: dict, ignore: set[str]) -> bool:
-    fa, fb = flatten(a), flatten(b)
-    return all(fa.get(k) == fb.get(k) for k in set(fa) | set(fb) if k not in ignore)
-
-
 def _temporary(path: Path) -> bool:
     """A temporary file of `files.write_atomic`: `.NAME.XXXX.tmp`, never a finished file."""
     return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
