@@ -21,8 +21,12 @@ setup(
     extras_require={
         # train.logger: tensorboard (RUN/tensorboard/); without it such a run is refused
         "tensorboard": ["tensorboard"],
-        # tensorboard: the logger's test reads the event file back with TensorBoard's reader
-        "test": ["pytest>=8", "torch-struct==0.5", "hypothesis>=6.100", "tensorboard"],
+        # train.logger: wandb (offline in RUN/wandb/ unless WANDB_MODE=online)
+        "wandb": ["wandb"],
+        # tensorboard, wandb: the loggers' tests read what they wrote back with each tool's own
+        # reader (TensorBoard's EventAccumulator, `wandb leet inspect --json`)
+        "test": ["pytest>=8", "torch-struct==0.5", "hypothesis>=6.100", "tensorboard",
+                 "wandb>=0.22"],
     },
     entry_points={"console_scripts": ["gfnem=gfnem_cli.app:main"]},
 )

@@ -20,7 +20,7 @@
     runs.py         run directories: start / resume checks, device choice, config, reading back
     run_records.py  finished runs read back as numbers: report / evaluation figures, metrics.jsonl
                     records (torn lines skipped), mean ± sd (`gfnem summarize`, `gfnem plot`)
-    scalar_logs.py  train.logger: the same scalars as metrics.jsonl to RUN/tensorboard/
+    scalar_logs.py  train.logger: the same scalars as metrics.jsonl to TensorBoard or W&B
     importance.py   the importance-sampled log-likelihood estimate in float64 with its error
     recipe_schema.py, config.py   recipe keys with ranges; recipes, --set, saved configs
     files.py        atomic writes; errors.py: GfnemError, the one-line user error

@@ -2,8 +2,8 @@
 
 A run directory holds `config.yaml` (the resolved recipe), `run_info.json` (what made the
 run: version, commit, command line, device, library versions, start and resume times),
-`metrics.jsonl`, `checkpoints/{last,best}.pt`, `report.json`, `tensorboard/` under
-`train.logger: tensorboard` (metrics.jsonl's scalars, `scalar_logs.py`), and whatever inputs a
+`metrics.jsonl`, `checkpoints/{last,best}.pt`, `report.json`, `tensorboard/` or `wandb/`
+under `train.logger` (metrics.jsonl's scalars, `scalar_logs.py`), and whatever inputs a
 family copies in so the run needs nothing else (a vocabulary, the corpus manifest). The
 lifecycle is the same for every family:
 

@@ -136,9 +136,9 @@ def test_missing_package_and_unknown_logger_are_refused_before_any_write(
         tmp_path, recipe, runner, cli_app, monkeypatch):
     run = tmp_path / "run"
     result = runner.invoke(cli_app, ["train", str(recipe), "--out", str(run), "-q", "--device",
-                                     "cpu", "--set", "train.logger=wandb"])
+                                     "cpu", "--set", "train.logger=mlflow"])
     assert result.exit_code == 2 and "train.logger" in result.output, result.output
-    assert "none, tensorboard" in result.output
+    assert "none, tensorboard, wandb" in result.output
     monkeypatch.setitem(sys.modules, "tensorboard", None)         # import now fails
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     result = runner.invoke(cli_app, ["train", str(recipe), "--out", str(run), "-q", "--device",

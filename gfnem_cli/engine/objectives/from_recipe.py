@@ -4,7 +4,7 @@ A family's recipe schema (`grammars/recipe.py`, later `vae/recipe.py`) is built 
 sections, each a tree of `Key(default, range)` a family may give its own defaults and extend:
 
     train_section(**defaults)     steps, update cap, batch size, the model's Adam, seed, intervals,
-                                  the scalar logger (none | tensorboard)
+                                  the scalar logger (none | tensorboard | wandb)
     objective_section()           the E-step loss: name and its options
     em_section(**defaults)        the M-step gate (threshold schedule, EMA), M-step draws,
                                   importance weighting, the sleep phase, validation samples
@@ -67,7 +67,8 @@ def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
         "eval_every": Key(eval_every, AT_LEAST_ONE),
         "checkpoint_every": Key(checkpoint_every, AT_LEAST_ONE),
         "eval_batch_size": Key(16, AT_LEAST_ONE),
-        # also write metrics.jsonl's scalars to RUN/tensorboard/ (engine/scalar_logs.py)
+        # also write metrics.jsonl's scalars to RUN/tensorboard/ or W&B, offline in RUN/wandb/
+        # (engine/scalar_logs.py)
         "logger": Key("none", OneOf(*LOGGERS)),
     }
 
