@@ -16,6 +16,10 @@
     batching.py       sentences -> padded batches; the deterministic training schedule
     true_grammar.py   a known CNF PCFG (TrueGrammar): sample, score, PCFGParams, length law
     synthetic.py      the embedded English-like grammar and its sampled treebank
+    grammar_file.py   a grammar of one's own (prepare synthetic --grammar): read, every
+                      defect a one-line error with file, line and JSON path
+    grammar_soundness.py  terminating, reachable, consistent (spectral radius < 1)
+    json_positions.py the line of each value of a JSON text, duplicate keys
     inputs.py         what a trained run reads to parse: raw text, a treebank file (told by
                       its content) or a corpus split; the <unk> rate under the run's vocabulary
 """
