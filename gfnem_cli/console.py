@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import os
 import sys
 import time
 
@@ -23,6 +24,9 @@ def warn(message: str) -> None:
 
 
 def error_line(message: str) -> None:
+    """Printed once: under torchrun every rank meets the same error, rank 0 says it."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 

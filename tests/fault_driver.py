@@ -90,9 +90,9 @@ def _install(fault: dict) -> None:
 
         original, phase = files.write_atomic, fault["phase"]
 
-        def write_atomic(path, write, binary=True):
+        def write_atomic(path, write, binary=True, *more):      # more: the checkpoint's check
             if not hit():
-                return original(path, write, binary)
+                return original(path, write, binary, *more)
 
             def torn(handle):
                 if phase == "start":
@@ -111,10 +111,10 @@ def _install(fault: dict) -> None:
                 real_replace = os.replace
                 os.replace = lambda *a, **k: _die()
                 try:
-                    return original(path, torn, binary)
+                    return original(path, torn, binary, *more)
                 finally:
                     os.replace = real_replace
-            original(path, torn, binary)
+            original(path, torn, binary, *more)
             if phase == "after":
                 _die()
 

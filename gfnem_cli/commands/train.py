@@ -76,14 +76,18 @@ def train(
         command += ["--log-every", str(log_every)]
     try:
         train_run = families.for_recipe(recipe, overrides or []).train_run
+        _join_torchrun(device)
         report = train_run(recipe, out, overrides or [], resume=resume, device=device,
                            show_progress=not quiet, command=["gfnem", *sys.argv[1:]],
                            log_every=log_every)
     except TrainingInterrupted as stop:
         again = " ".join(shlex.quote(part) for part in command + ["--resume"])
-        err_console.print(f"[bold yellow]{escape(str(stop))}[/]; continue with `{escape(again)}`",
-                          soft_wrap=True, highlight=False)
+        if _main_rank():
+            err_console.print(f"[bold yellow]{escape(str(stop))}[/]; continue with "
+                              f"`{escape(again)}`", soft_wrap=True, highlight=False)
         raise typer.Exit(130)
+    if not _main_rank():
+        return
     if report.get("ended_on_nonfinite_steps"):
         warn(f"the last {report['ended_on_nonfinite_steps']} steps had non-finite losses and "
              "were skipped; the checkpoint holds the parameters of the last good step")
@@ -105,6 +109,23 @@ def train(
                      f"{report['best_step']}; " if image and best.get("val_nll_nats")
                      is not None else "")
                   + f"run in {escape(str(out))}", highlight=False, soft_wrap=True)
+
+
+def _main_rank() -> bool:
+    from gfnem_cli.engine import distributed
+
+    return distributed.world().is_main
+
+
+def _join_torchrun(device: str) -> None:
+    """Under `torchrun` (WORLD_SIZE > 1) join the process group before anything else: data
+    parallelism over the ranks (gfnem_cli/engine/distributed.py); a plain run skips this."""
+    from gfnem_cli.engine import distributed
+
+    if distributed.launched_by_torchrun():
+        from gfnem_cli.engine.runs import resolve_device
+
+        distributed.join(resolve_device(device))
 
 
 def _also_f1(best: dict) -> str:

@@ -39,21 +39,21 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from gfnem_cli.engine import distributed
 from gfnem_cli.engine.family import CountsUnits, Draw, LatentFamily, RaoBlackwellizedMStep
 from gfnem_cli.engine.schedules import MovingAverage, ThresholdSchedule
 from gfnem_cli.engine.trainer import check_finite, checked_clip, clear_grads
 
 @dataclass
 class EMOptions:
-    """`reduce_loss` maps this process's E-loss to the value every process gates on (under
-    data parallelism: an all-reduced mean), so that all ranks take the same M-step decision
-    and keep identical EM state. Identity by default."""
+    """Under data parallelism the E-loss the gate reads is the global batch's (an all-reduced
+    mean, `distributed.weighted_mean`), so all ranks take the same M-step decision and keep
+    identical EM state."""
     threshold: ThresholdSchedule = ThresholdSchedule(math.inf, math.inf, 0)
     ema_decay: float = 0.9
     mstep_samples: int = 1
     importance_weighted: bool = False
     model_grad_clip: float = 3.0
-    reduce_loss: Callable[[float], float] | None = None
     alternate_every: int = 0
 
     def phase(self, step: int) -> str | None:
@@ -107,8 +107,7 @@ class EMLoop:
             self._check(loss)
             loss.backward()
             clear_grads(self.model_parameters)            # a sampler loss never moves θ
-            if opts.reduce_loss is not None:
-                e_value = float(opts.reduce_loss(e_value))
+            e_value = distributed.weighted_mean(e_value)
             ema_next = self.ema.peek(e_value)
             # gate on the average of the batches before this one: a batch's own E-loss must not
             # choose whether θ learns from it (with length-bucketed batches that would pick

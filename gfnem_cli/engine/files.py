@@ -3,14 +3,16 @@
 Every file gfnem writes (checkpoints, configs, reports, parses, JSON) goes through here: the
 bytes land in a temporary sibling, are flushed to disk, and are renamed over the target, so
 a reader (or a crash) sees either the old file or the new one. Output paths are checked
-before any work starts (`check_output_file`), so a command that will not be able to write
-its result refuses at once instead of after an hour of decoding.
+before any work starts (`check_output_file`; for a run also a probe file and
+`check_free_space`), so a command that will not be able to write its result refuses at once
+instead of after an hour of decoding.
 """
 from __future__ import annotations
 
 import errno
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -33,15 +35,19 @@ def os_error(exc: OSError, path: object | None = None, doing: str = "cannot writ
     return GfnemError(f"{doing}: {reason}", where, hint=hints.get(exc.errno))
 
 
-def write_atomic(path: Path, write: Callable[[object], None], binary: bool = True) -> None:
+def write_atomic(path: Path, write: Callable[[object], None], binary: bool = True,
+                 check: Callable[[str], None] | None = None) -> None:
     """Call `write(handle)` on a temporary sibling of `path`, fsync, then rename it over `path`.
 
-    The temporary file is removed on any failure; OSErrors become one-line `GfnemError`s.
+    `check(name)`, when given, runs on the complete, fsynced temporary file just before the
+    rename (a checkpoint reads itself back there); whatever it raises stops the write with
+    `path` untouched. The temporary file is removed on any failure; OSErrors become one-line
+    `GfnemError`s.
     """
     path = Path(path)
     if path.is_dir():
         raise GfnemError("is a directory, not a file", path, hint="give a file name")
-    tmp = _temporary_name(path.parent, "." + path.name + ".", ".tmp")
+    tmp = temporary_name(path.parent, "." + path.name + ".", ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = create_exclusive(tmp)
@@ -52,6 +58,8 @@ def write_atomic(path: Path, write: Callable[[object], None], binary: bool = Tru
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
@@ -61,7 +69,7 @@ def write_atomic(path: Path, write: Callable[[object], None], binary: bool = Tru
             os.unlink(tmp)
 
 
-def _temporary_name(folder: Path, prefix: str, suffix: str) -> str:
+def temporary_name(folder: Path, prefix: str, suffix: str) -> str:
     """A fresh name, chosen before the file exists: whatever interrupts the creation (a second
     Ctrl-C lands in any thread), the cleanup already knows which file to remove."""
     return os.path.join(folder, prefix + secrets.token_hex(6) + suffix)
@@ -95,7 +103,7 @@ def check_output_file(path: Path) -> None:
 def check_writable_dir(directory: Path, shown: object | None = None) -> None:
     """Create and delete a probe file in `directory`: the only test that sees read-only
     mounts and root-owned folders alike (`os.access` is always true for root)."""
-    probe = _temporary_name(Path(directory), ".gfnem-probe-", "")
+    probe = temporary_name(Path(directory), ".gfnem-probe-", "")
     try:
         os.close(create_exclusive(probe))
     except OSError as exc:
@@ -103,3 +111,24 @@ def check_writable_dir(directory: Path, shown: object | None = None) -> None:
     finally:
         if os.path.exists(probe):
             os.unlink(probe)
+
+
+def check_free_space(directory: Path, needed: int, shown: object | None = None) -> None:
+    """Refuse, before any write, a filesystem with fewer than `needed` bytes free for an
+    unprivileged writer (`shutil.disk_usage`); a filesystem that cannot say is let through."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if free < needed:
+        raise GfnemError(f"no space left for this run: {_size(free)} free on its filesystem, "
+                         f"its checkpoint files need about {_size(needed)}",
+                         shown if shown is not None else directory,
+                         hint="free some disk space, or choose an --out on another disk")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024

@@ -2,15 +2,17 @@
 
 A run directory holds `config.yaml` (the resolved recipe), `run_info.json` (what made the
 run: version, commit, command line, device, library versions, start and resume times),
-`metrics.jsonl`, `checkpoints/{last,best}.pt`, `report.json`, `tensorboard/` or `wandb/`
-under `train.logger` (metrics.jsonl's scalars, `scalar_logs.py`), and whatever inputs a
+`metrics.jsonl`, `checkpoints/{last,previous,best}.pt`, `report.json`, `tensorboard/` or
+`wandb/` under `train.logger` (metrics.jsonl's scalars, `scalar_logs.py`), and whatever inputs a
 family copies in so the run needs nothing else (a vocabulary, the corpus manifest). The
 lifecycle is the same for every family:
 
 1. `inspect_run_dir` reads what is there (nothing is written) and `check_start` decides whether
    this command may start or resume it; a refusal leaves every byte as it was.
 2. The family builds its model, loads its data, and (on resume) the trainer loads and checks
-   the checkpoint, still without writing.
+   the newest intact checkpoint (last.pt, else previous.pt with a warning), still without
+   writing; `space_needed` then checks the filesystem has room for the run's checkpoints
+   (a probe file in step 1 already showed it writable).
 3. Only then `write_run_files` replaces the files, each atomically.
 
 A trained run is read back with `saved_config` (config.yaml checked against the family's
@@ -30,12 +32,13 @@ from typing import Any
 import torch
 import yaml
 
-from gfnem_cli.engine.checkpoint import seed_everything
+from gfnem_cli.engine.checkpoint import PREVIOUS, seed_everything, tensor_bytes
 from gfnem_cli.engine.config import flatten, load_config, resolve_config
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.files import check_writable_dir, write_text_atomic
+from gfnem_cli.engine.files import check_free_space, check_writable_dir, write_text_atomic
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
 from gfnem_cli.engine.run_header import header_lines
+from gfnem_cli.engine import distributed
 from gfnem_cli.engine.scalar_logs import check_logger
 
 LAST, BEST = "last", "best"
@@ -53,7 +56,8 @@ class RunDirState:
     path: Path
     exists: bool
     has_config: bool            # config.yaml: a run was started here
-    has_checkpoint: bool        # checkpoints/last.pt: it got at least one checkpoint
+    has_checkpoint: bool        # checkpoints/last.pt or previous.pt: something to resume
+    has_last: bool = False      # checkpoints/last.pt: a fresh start would replace a run
 
     @property
     def checkpoint(self) -> Path:
@@ -62,13 +66,14 @@ class RunDirState:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(
+            torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise GfnemError(f"unknown device '{name}'", hint="use auto, cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise GfnemError("--device cuda was asked for but no CUDA device is visible",
                          hint="use --device cpu")
-    return torch.device(name)
+    return distributed.local_device(torch.device(name))
 
 
 def inspect_run_dir(out: Path) -> RunDirState:
@@ -90,10 +95,12 @@ def inspect_run_dir(out: Path) -> RunDirState:
             raise GfnemError(f"exists and is not a gfnem run directory (it holds "
                              f"{', '.join(foreign[:3])}{', …' if len(foreign) > 3 else ''})",
                              out, hint="choose another --out")
-    check_writable_dir(existing, out)
+    check_writable_dir(existing, out)           # a probe file: read-only or not ours
     if (out / "checkpoints").is_dir():
         check_writable_dir(out / "checkpoints")
-    return RunDirState(out, out.exists(), has_config, (out / "checkpoints" / "last.pt").is_file())
+    last = (out / "checkpoints" / f"{LAST}.pt").is_file()
+    previous = (out / "checkpoints" / PREVIOUS).is_file()
+    return RunDirState(out, out.exists(), has_config, last or previous, last)
 
 
 def check_start(state: RunDirState, resume: bool) -> None:
@@ -101,7 +108,7 @@ def check_start(state: RunDirState, resume: bool) -> None:
     if resume and not state.has_config:
         raise GfnemError("nothing to resume: no run was started here", state.path,
                          hint="drop --resume to start it")
-    if not resume and state.has_checkpoint:
+    if not resume and state.has_last:
         raise GfnemError("this directory already holds a run", state.path,
                          hint="pass --resume to continue it, or choose another --out")
 
@@ -225,24 +232,57 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
     checkpoint = trainer.load_checkpoint() if resumed else None
     if checkpoint is not None:
         check_checkpoint_config(checkpoint, saved, state.path)
+    check_free_space(_nearest_existing(state.path),
+                     space_needed(trainer, checkpoint, state.path), state.path)
     trainer.header = header_lines(state.path, device, trainer.method, config, describe,
                                   checkpoint["step"] if checkpoint else None,
                                   trainer.options.steps)
-    # every check passed: from here on files are written, each atomically
-    write_run_files(state.path, config, files,
-                    run_info(state.path, device, checkpoint["step"] if checkpoint else None,
-                             command))
+    # every check passed: from here on files are written, each atomically (by rank 0 alone
+    # under data parallelism; every rank seeds its own generators, `distributed`)
+    world = distributed.world()
+    if world.is_main:
+        if checkpoint is None:  # a fresh start: an older run's previous.pt is never resumed
+            (state.path / "checkpoints" / PREVIOUS).unlink(missing_ok=True)
+        write_run_files(state.path, config, files,
+                        run_info(state.path, device, checkpoint["step"] if checkpoint else None,
+                                 command, world.size))
     if checkpoint is not None:
         trainer.restore(checkpoint)
     else:
-        seed_everything(seed)
+        seed_everything(distributed.rank_seed(seed))
     trainer.start_metrics(resumed=checkpoint is not None,
                           logger=config["train"].get("logger", "none"))
+    distributed.barrier()
     return trainer.fit()
 
 
+# A checkpoint holds the model's and sampler's tensors and each Adam optimizer's two moments
+# per parameter (empty before the first step, hence 3x the tensors a method holds at the
+# start); the pickled rest (config, RNG states, EM state) stays well under 1 MiB.
+CHECKPOINT_FACTOR, CHECKPOINT_OVERHEAD = 3, 1 << 20
+
+
+def space_needed(trainer, checkpoint: dict | None, run_dir: Path) -> int:
+    """Free bytes a run needs before it starts: room for each of last.pt, previous.pt and
+    best.pt not yet there, and for the temporary copy every checkpoint write makes before its
+    rename (an estimate from the method's tensors, or the resumed checkpoint's if larger)."""
+    size = max(CHECKPOINT_FACTOR * tensor_bytes(trainer.method.state_dict()),
+               tensor_bytes(checkpoint) if checkpoint is not None else 0) + CHECKPOINT_OVERHEAD
+    folder = Path(run_dir) / "checkpoints"
+    missing = sum(not (folder / name).is_file()
+                  for name in (f"{LAST}.pt", PREVIOUS, f"{BEST}.pt"))
+    return size * (1 + missing)
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def run_info(out: Path, device: torch.device, resumed_from: int | None,
-             command: list[str] | None = None) -> dict[str, Any]:
+             command: list[str] | None = None, world_size: int = 1) -> dict[str, Any]:
     """What made this run, kept across resumes (each resume is appended)."""
     path = Path(out) / "run_info.json"
     info: dict[str, Any] = {}
@@ -255,7 +295,7 @@ def run_info(out: Path, device: torch.device, resumed_from: int | None,
             info = {}
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     entry = {"time": now, "command": command if command is not None else sys.argv,
-             "device": str(device), "host": platform.node()}
+             "device": str(device), "host": platform.node(), "world_size": world_size}
     if resumed_from is None or not info:
         info = {"gfnem_version": gfnem_version(), "commit": source_commit(), "python": sys.version.split()[0],
                 "torch": torch.__version__, "cuda": torch.version.cuda,

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
+from gfnem_cli.engine import distributed
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import os_error, write_text_atomic
 from gfnem_cli.engine.progress import TrainingProgress
@@ -40,15 +41,20 @@ def clear_grads(params) -> None:
 
 
 def check_finite(value: torch.Tensor, params=()) -> None:
-    """Raise `NonFiniteLoss` (gradients of `params` cleared) unless every entry is finite."""
-    if not bool(torch.isfinite(value.detach()).all()):
+    """Raise `NonFiniteLoss` (gradients of `params` cleared) unless every entry is finite
+    (under data parallelism: on every rank, so all ranks skip the step together)."""
+    if not distributed.all_true(bool(torch.isfinite(value.detach()).all())):
         clear_grads(params)
         raise NonFiniteLoss
 
 
 def checked_clip(params, max_norm: float, clear=()) -> float:
     """Clip the gradients of `params` to norm `max_norm` (<= 0 or inf: no clipping) and return
-    their norm; a non-finite norm clears the gradients of `clear` and raises `NonFiniteLoss`."""
+    their norm; a non-finite norm clears the gradients of `clear` and raises `NonFiniteLoss`.
+    Under data parallelism the gradients are first summed over ranks (`distributed`), so the
+    norm, the clipping and the step are those of the global batch."""
+    params = list(params)
+    distributed.reduce_gradients(params)
     with_grad = [p for p in params if p.grad is not None]
     if not with_grad:
         return 0.0
@@ -163,33 +169,39 @@ class Trainer:
         self.header: list[str] = []              # the run's opening lines (`runs.launch`)
         self.last_train: dict[str, float] = {}   # the last finite step's metrics, for the report
         self.scalar_log = None                   # train.logger's second view of the log
+        self.world = distributed.world()         # rank 0 alone writes and shows progress
+        self._rank_rngs: list | None = None      # every rank's generators at a checkpoint
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict[str, Any]:
         return {
             "format": ckpt.FORMAT_VERSION, "step": self.step, "epoch": self.epoch,
             "position": self.position, "method": self.method.state_dict(),
-            "rng": ckpt.capture_rng(), "config": self.config,
+            "rng": ckpt.capture_rng(), "rng_ranks": self._rank_rngs, "config": self.config,
             "data_fingerprint": self.fingerprint, "best": self.best,
             "nonfinite_total": self.nonfinite_total, "elapsed": self.elapsed,
             "wall_elapsed": self.elapsed_s(), "last_train": self.last_train,
         }
 
     def save(self) -> None:
-        ckpt.save_atomic(self._state(), self.last_path)
+        """last.pt, checksummed and read back before it replaces the old one, which is kept
+        as previous.pt (the fallback of `--resume` when last.pt is damaged)."""
+        ckpt.save_atomic(self._state(), self.last_path, keep_previous=ckpt.previous_of(
+            self.last_path))
 
-    def load_checkpoint(self) -> dict[str, Any]:
-        """Read and check the last checkpoint without writing anything (a refused resume must
-        leave the run as it was); `restore` then applies it."""
-        state = ckpt.load(self.last_path)
+    def load_checkpoint(self, on_warning=None) -> dict[str, Any]:
+        """Read and check the newest intact checkpoint without writing anything (a refused
+        resume must leave the run as it was); `restore` then applies it. A damaged or missing
+        last.pt falls back to previous.pt with a one-line warning (`checkpoint.load_newest`)."""
+        path, state = ckpt.load_newest(self.last_path, on_warning)
         if state.get("data_fingerprint") != self.fingerprint:
             raise GfnemError("this checkpoint was trained on another data set "
                              f"(fingerprint {str(state.get('data_fingerprint'))[:19]}, data has "
-                             f"{self.fingerprint[:19]})", self.last_path,
+                             f"{self.fingerprint[:19]})", path,
                              hint="resume with the corpus the run was started on")
         if state["step"] > self.options.steps:
             raise GfnemError(f"the run is already at step {state['step']}, past "
-                             f"train.steps={self.options.steps}", self.last_path,
+                             f"train.steps={self.options.steps}", path,
                              hint="raise train.steps to continue it")
         return state
 
@@ -198,7 +210,7 @@ class Trainer:
             self.method.load_state_dict(state["method"])
             self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
             self.best, self.nonfinite_total = state["best"], state["nonfinite_total"]
-            ckpt.restore_rng(state["rng"])
+            self._restore_rank_rng(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise GfnemError(f"checkpoint does not fit this run ({type(exc).__name__})",
                              self.last_path, hint="restore it, or start a new run") from None
@@ -206,6 +218,32 @@ class Trainer:
         # checkpoints older than the wall clock have the step time, a lower bound of it
         self.wall_elapsed = state.get("wall_elapsed", self.elapsed)
         self.last_train = state.get("last_train", {})
+
+    def _restore_rank_rng(self, state: dict[str, Any]) -> None:
+        """Each rank continues its own generators; under another world size (or from a
+        one-process checkpoint) rank r > 0 starts fresh ones from its seed and the step."""
+        ranks = state.get("rng_ranks")
+        if self.world.active and ranks and len(ranks) == self.world.size:
+            ckpt.restore_rng(ranks[self.world.rank])
+        elif self.world.rank > 0:
+            ckpt.seed_everything(distributed.rank_seed(
+                int(self.config.get("train", {}).get("seed", 0)) + state["step"]))
+        else:
+            ckpt.restore_rng(state["rng"])
+
+    def _checkpoint(self) -> None:
+        """Every rank hands its generators to rank 0, which writes last.pt, once every rank's
+        method state is checked to be the same (`distributed.first_divergence`)."""
+        self._rank_rngs = (distributed.gather_objects(ckpt.capture_rng())
+                           if self.world.active else None)
+        diverged = distributed.first_divergence(self.method.state_dict())
+        if diverged is not None:
+            raise GfnemError(f"the data-parallel ranks diverged by step {self.step}: "
+                             f"{diverged} differs", self.last_path,
+                             hint="this is a bug in gfnem; please report it with the recipe; "
+                                  "the last checkpoint is intact")
+        if self.world.is_main:
+            self.save()
 
     def resume(self) -> None:
         """Load, check and apply the last checkpoint, and trim the log to it."""
@@ -217,6 +255,8 @@ class Trainer:
         one); a resume drops the lines of steps after the checkpoint, which will run again.
         `logger` (train.logger, `scalar_logs`) then opens, following the same rule."""
         kept, records = [], []
+        if not self.world.is_main:
+            return
         if not resumed:
             write_text_atomic(self.metrics_path, "")
         elif self.metrics_path.exists():
@@ -242,6 +282,8 @@ class Trainer:
         return self.wall_elapsed + time.perf_counter() - self._session_began
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         record = {"time": round(time.time(), 3), "elapsed_s": round(self.elapsed_s(), 3),
                   **{k: _finite_or_none(v) for k, v in record.items()}}
         try:
@@ -292,7 +334,8 @@ class Trainer:
         opts = self.options
         last_metrics = self.last_train
         self._session_began = time.perf_counter()
-        progress = TrainingProgress(opts.steps, self.step, opts.show_progress, opts.log_every,
+        progress = TrainingProgress(opts.steps, self.step,
+                                    opts.show_progress and self.world.is_main, opts.log_every,
                                     header=self.header, elapsed=self.wall_elapsed,
                                     select_metric=opts.select_metric)
         stream = self._batches()
@@ -313,7 +356,8 @@ class Trainer:
                 batch = next(stream)
                 started = time.perf_counter()
                 try:
-                    metrics = self.method.train_step(batch)
+                    metrics = self.method.train_step(distributed.shard(batch))
+                    metrics = distributed.weighted_means(metrics)
                     in_a_row = 0
                 except NonFiniteLoss:
                     metrics = None
@@ -337,16 +381,16 @@ class Trainer:
                                **last_metrics})
                     progress.advanced(self.step, last_metrics)
                 finished = self._finished()
-                if self.step % opts.eval_every == 0 or finished:
+                if (self.step % opts.eval_every == 0 or finished) and self.world.is_main:
                     with progress.validation(self.step):
                         figures, notes = self._validate()
                     progress.validated(self.step, figures, self.best, notes)
                 # never overwrite the last good checkpoint during a run of bad steps; a skipped
                 # step changes no parameter, so the state at the end is always good to keep
                 if finished or (in_a_row == 0 and self.step % opts.checkpoint_every == 0):
-                    self.save()
-                if stop.requested and not finished:
-                    self.save()
+                    self._checkpoint()
+                if distributed.any_true(stop.requested) and not finished:
+                    self._checkpoint()
                     raise TrainingInterrupted(self.step, self.last_path)
         report = {"steps": self.step, "model_updates": self.model_updates(),
                   "epochs_started": self.epoch + 1,
@@ -355,8 +399,10 @@ class Trainer:
                   "best": self.best["metrics"], "last_train": last_metrics,
                   "nonfinite_steps_skipped": self.nonfinite_total,
                   "ended_on_nonfinite_steps": in_a_row}
-        write_text_atomic(self.run_dir / "report.json",
-                          json.dumps(_finite_or_none(report), indent=2, allow_nan=False) + "\n")
+        if self.world.is_main:
+            write_text_atomic(self.run_dir / "report.json",
+                              json.dumps(_finite_or_none(report), indent=2, allow_nan=False)
+                              + "\n")
         return report
 
 

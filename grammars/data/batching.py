@@ -24,6 +24,12 @@ class SentenceBatch:
     def __len__(self) -> int:
         return self.lengths.shape[0]
 
+    def rows(self, rows: list[int]) -> "SentenceBatch":
+        """These rows alone, padded to their own longest (a rank's shard of the batch)."""
+        pick = torch.tensor(rows, dtype=torch.long)
+        lengths = self.lengths[pick]
+        return SentenceBatch(self.ids[pick, : int(lengths.max())], lengths, self.index[pick])
+
 
 def make_batch(sentences: list[list[int]], index: list[int]) -> SentenceBatch:
     lengths = torch.tensor([len(s) for s in sentences], dtype=torch.long)

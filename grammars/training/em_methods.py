@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from gfnem_cli.engine import distributed
 from gfnem_cli.engine import (DIVERGENCES, EMLoop, GfnemError, GFlowNetEStep, PosteriorEStep,
                               em_options_from_config, exploration_from_config,
                               model_optimizer_from_config, objective_from_config)
@@ -159,6 +160,10 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
             estep = PosteriorEStep(_exact_draw(model, device))
         else:
             mc = config["mcem"]
+            if distributed.world().active:
+                raise GfnemError("method 'mcem' does not run under torchrun yet: its chains "
+                                 "live on the rank that drew them",
+                                 hint="run it as one process (plain gfnem train)")
             if em["mstep_samples"] != 1:
                 raise GfnemError("method 'mcem' keeps one chain per sentence",
                                  hint="set em.mstep_samples: 1")

@@ -3,8 +3,9 @@
 Each case damages a copy of a finished (or half-finished) tiny run or of a prepared corpus the
 way a crash, a full disk or a careless edit would, then runs the commands that read it in a
 real child process (tests/fault_driver.py). Every command must either work (a damaged metrics
-log never blocks `--resume`, which must still end exactly) or exit 2 with one `error:` line
-and no traceback, and a refused command leaves every file as it was.
+log never blocks `--resume`, which must still end exactly; nor does a damaged last.pt, from
+which `--resume` falls back to previous.pt) or exit 2 with one `error:` line and no
+traceback, and a refused command leaves every file as it was.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def readers(run: Path, corpus: Path, which: str) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("how", sorted(DAMAGE))
-def test_damaged_checkpoints_are_one_line_errors_and_resume_needs_only_last(
+def test_damaged_checkpoints_are_one_line_errors_and_resume_falls_back(
         server, references, corpus, tmp_path, how):
     ref = references("marginal")
     done = 0
@@ -66,24 +67,39 @@ def test_damaged_checkpoints_are_one_line_errors_and_resume_needs_only_last(
         run = copy_run(ref, tmp_path, name)
         damage(run / "checkpoints" / f"{name}.pt", how)
         before = [snapshot(run)]
-        commands = readers(run, corpus, name)
-        if name == "last":
-            commands["resume"] = ref.argv(run, "--resume", "--set", "train.steps=8")
-        for label, argv in commands.items():
+        for label, argv in readers(run, corpus, name).items():
             line = refused(server.run(argv), run, before=before)
             assert f"{name}.pt" in line, (label, line)
+            done += 1
+        if name == "last":       # previous.pt damaged too: nothing intact to resume from
+            damage(run / "checkpoints" / "previous.pt", how)
+            before = [snapshot(run)]
+            line = refused(server.run(ref.argv(run, "--resume", "--set", "train.steps=8")),
+                           run, before=before)
+            assert "last.pt" in line and "previous.pt" in line, line
             done += 1
         other = "best" if name == "last" else "last"     # the intact one still serves
         server.run(readers(run, corpus, other)["sample"]).ok()
         done += 1
-    # a damaged best.pt does not stop `--resume`, which reads last.pt alone; the run then
-    # ends exactly like a straight one (best.pt is rewritten at the next better validation)
-    run = copy_run(ref, tmp_path, "resume-with-bad-best")
-    damage(run / "checkpoints" / "best.pt", how)
+    # a damaged last.pt: `--resume` warns in one line and continues from previous.pt (step 3),
+    # the log trimmed to it; a damaged best.pt does not stop `--resume`, which never reads it.
+    # Either run then ends exactly like a straight one (best.pt is rewritten at the next
+    # better validation)
     longer = references("marginal", 8)
-    server.run(longer.argv(run, "--resume")).ok()
-    assert_same(method_state(run / "checkpoints" / "last.pt"), longer.last, "last.pt")
-    print(f"\nFAULT damaged checkpoint [{how}]: {done + 1} commands")
+    for name in ("last", "best"):
+        run = copy_run(ref, tmp_path, f"resume-with-bad-{name}")
+        damage(run / "checkpoints" / f"{name}.pt", how)
+        result = server.run(longer.argv(run, "--resume")).ok()
+        warnings = [x for x in result.stderr.splitlines() if x.startswith("warning:")]
+        if name == "last":
+            assert len(warnings) == 1 and "resuming from previous.pt (step 3)" in warnings[0], \
+                result
+            check_like_reference(run, longer)
+        else:
+            assert not warnings, result
+            assert_same(method_state(run / "checkpoints" / "last.pt"), longer.last, "last.pt")
+        done += 1
+    print(f"\nFAULT damaged checkpoint [{how}]: {done} commands")
 
 
 CORPUS_DAMAGE = {

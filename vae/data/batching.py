@@ -23,6 +23,11 @@ class ImageBatch:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def rows(self, rows: list[int]) -> "ImageBatch":
+        """These rows alone (a rank's shard of the batch)."""
+        pick = torch.tensor(rows, dtype=torch.long)
+        return ImageBatch(self.images[pick], self.index[pick])
+
 
 def in_order_batches(images: torch.Tensor, batch_size: int) -> list[ImageBatch]:
     """Evaluation batches in the split's own order."""

@@ -15,7 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from gfnem_cli.engine import GfnemError, checked_step
+from gfnem_cli.engine import GfnemError, checked_step, distributed
 from vae.data.batching import ImageBatch
 from vae.models.prior import AutoregressivePrior
 from vae.training.baselines.encoder import entropy, log_q, sample_codes
@@ -78,7 +78,9 @@ class BaselineMethod:
         self.vae = vae.to(self.device)
         self.valid_batches = list(valid_batches)
         self.grad_clip, self.valid_samples = grad_clip, valid_samples
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # each rank of a data-parallel run draws its own noise (rank 0: the recipe's seed)
+        self.seed = distributed.rank_seed(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.steps = 0
         self.modules: dict[str, nn.Module] = {"vae": self.vae}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -128,6 +130,8 @@ class BaselineMethod:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
         self.steps = int(state["steps"])
+        if distributed.world().rank > 0:      # the checkpoint holds rank 0's generator
+            self.generator.manual_seed(self.seed + self.steps)
 
     # ------------------------------------------------------------------ for subclasses
     def _all_parameters(self) -> list[nn.Parameter]:

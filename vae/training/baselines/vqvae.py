@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gfnem_cli.engine import distributed
 from vae.training.baselines.common import (BaselineMethod, bernoulli_log_likelihood,
                                            check_encoder, decode_embeddings, make_adam)
 
@@ -38,9 +39,11 @@ class EMACodebook(nn.Module):
     def update(self, vectors: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Fold in a batch (vectors (n, D), their codes (n,)); return the codebook (K, D)."""
         one_hot = F.one_hot(codes, self.num_codes).to(self.sums.dtype)
-        self.counts.mul_(self.decay).add_(one_hot.sum(0), alpha=1.0 - self.decay)
-        self.sums.mul_(self.decay).add_(one_hot.t() @ vectors.to(self.sums.dtype),
-                                        alpha=1.0 - self.decay)
+        # under data parallelism the batch's counts and sums are every rank's rows together
+        counts = distributed.sum_over_ranks(one_hot.sum(0))
+        sums = distributed.sum_over_ranks(one_hot.t() @ vectors.to(self.sums.dtype))
+        self.counts.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
+        self.sums.mul_(self.decay).add_(sums, alpha=1.0 - self.decay)
         self.updates += 1
         debias = (1.0 - self.decay ** self.updates).to(self.sums.dtype)
         counts, sums = self.counts / debias, self.sums / debias

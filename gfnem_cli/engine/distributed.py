@@ -1,0 +1,258 @@
+"""Data parallelism under `torchrun` (DESIGN.md §9), for every family and method.
+
+`torchrun --nproc_per_node=K -m gfnem_cli train ...` starts K copies of the command with
+RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR set; `join` turns them into a process group
+(NCCL on GPUs, gloo on CPUs). A plain `gfnem train` never joins one and every function here is
+then the identity, at no cost.
+
+What keeps the ranks one run:
+
+* **The batches.** Every rank builds the same deterministic schedule and takes its rows of each
+  global batch (`shard`): contiguous, nearly equal parts, so a run resumes under any world size.
+  A rank left without a row (a short last batch) trains on a copy of row 0 with weight 0.
+* **The gradients.** Every loss a method steps on is a mean over the rows of its batch, so the
+  global batch's gradient is Σ_r w_r ∇L_r with w_r = n_r / N, this rank's share of the rows.
+  `reduce_gradients` (called by the engine's checked clip, before the norm is taken) scales by
+  w_r and sums over ranks in one coalesced all-reduce: the optimizer then sees exactly the
+  gradient one process would on the whole batch. This is DDP's arithmetic, done where the
+  engine already handles every gradient; DDP's own wrapper is not used because an EM step runs
+  up to three backward passes (E-step, sleep, M-step) through functions of the modules other
+  than `forward`, on a different parameter subset each, which its reducer does not follow.
+  A parameter no rank gave a gradient keeps `grad = None` (Adam then skips it, as one
+  process would).
+* **The decisions.** The E-loss the M-step gate reads, every finite-loss check and the stop
+  request are agreed over ranks (`weighted_mean`, `all_true`, `any_true`), so all ranks take the
+  same branch and the EM state never diverges; the metrics logged are the weighted means.
+* **The randomness.** Rank r seeds its generators with seed + r·`RANK_SEED_STRIDE` (rank 0 with
+  the recipe's seed, so one process is unchanged); a checkpoint keeps every rank's generator
+  state, restored when the world size is the same.
+
+Rank 0 alone writes files and shows progress; the other ranks wait for it at the collectives.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+RANK_SEED_STRIDE = 1_000_003
+TIMEOUT = datetime.timedelta(hours=4)     # rank 0 validates while the others wait
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_world = World()
+_rows, _total = 1, 1     # this rank's rows n_r of the current global batch's N
+
+
+def world() -> World:
+    return _world
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def join(device: torch.device) -> World:
+    """Join the process group torchrun describes (no-op without one); idempotent."""
+    global _world
+    if not launched_by_torchrun() or _world.active:
+        return _world
+    import torch.distributed as dist
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    _world = World(dist.get_rank(), dist.get_world_size(),
+                   int(os.environ.get("LOCAL_RANK", "0") or 0))
+    return _world
+
+
+def leave() -> None:
+    global _world
+    if _world.active:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    _world = World()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each rank takes the GPU of its local rank."""
+    if _world.active and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", _world.local_rank)
+    return device
+
+
+def rank_seed(seed: int, rank: int | None = None) -> int:
+    return seed + RANK_SEED_STRIDE * (_world.rank if rank is None else rank)
+
+
+# ------------------------------------------------------------------------ batches
+def shard_rows(count: int, rank: int | None = None, size: int | None = None) -> tuple[list[int], float]:
+    """(this rank's rows of a global batch of `count` rows, its weight n_r / count)."""
+    rank = _world.rank if rank is None else rank
+    size = _world.size if size is None else size
+    start, stop = count * rank // size, count * (rank + 1) // size
+    if stop > start:
+        return list(range(start, stop)), (stop - start) / count
+    return [0], 0.0
+
+
+def shard(batch: Any) -> Any:
+    """This rank's part of `batch` (a family's batch has `__len__` and `rows(list) -> batch`),
+    and the weight every reduction of this step uses."""
+    global _rows, _total
+    if not _world.active:
+        return batch
+    rows, weight = shard_rows(len(batch))
+    _rows, _total = (len(rows) if weight > 0 else 0), len(batch)
+    return batch.rows(rows)
+
+
+def step_weight() -> float:
+    """n_r / N: this rank's share of the current global batch (0 for a placeholder row)."""
+    return _rows / _total
+
+
+# ------------------------------------------------------------------------ collectives
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Σ_r w_r grad_r into every rank's `grad`, in one all-reduce (see the module docstring)."""
+    if not _world.active or not params:
+        return
+    reference = params[0]
+    flags = torch.tensor([0.0 if p.grad is None else 1.0 for p in params],
+                         dtype=reference.dtype, device=reference.device)
+    weight = step_weight()
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) * weight
+             for p in params]
+    buffer = _all_reduce(torch.cat(grads + [flags]))
+    offset = 0
+    for p, had in zip(params, buffer[-len(params):].tolist()):
+        n = p.numel()
+        p.grad = buffer[offset:offset + n].view_as(p).clone() if had > 0 else None
+        offset += n
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """A statistic that adds over rows (a VQ-VAE code count), summed over every rank's rows;
+    a rank's zero-weight placeholder row is left out."""
+    if not _world.active:
+        return tensor
+    return _all_reduce(tensor.clone() * (1.0 if _rows > 0 else 0.0))
+
+
+def weighted_mean(value: float) -> float:
+    """A per-row mean of this rank's shard -> the same mean over the global batch."""
+    if not _world.active:
+        return value
+    total = _all_reduce(torch.tensor([value * _rows], dtype=torch.float64))
+    return float(total.item()) / _total
+
+
+def weighted_means(values: dict[str, float]) -> dict[str, float]:
+    """`weighted_mean` of every figure of a metrics record, in one all-reduce (the keys are the
+    same on every rank: they follow the same code path)."""
+    if not _world.active or not values:
+        return values
+    keys = sorted(k for k, v in values.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool))
+    total = _all_reduce(torch.tensor([float(values[k]) * _rows for k in keys],
+                                     dtype=torch.float64))
+    return {**values, **{k: v / _total for k, v in zip(keys, total.tolist())}}
+
+
+def all_true(flag: bool) -> bool:
+    if not _world.active:
+        return flag
+    return bool(_all_reduce(torch.tensor([0.0 if flag else 1.0])).item() == 0)
+
+
+def any_true(flag: bool) -> bool:
+    if not _world.active:
+        return flag
+    return bool(_all_reduce(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+
+def barrier() -> None:
+    if _world.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (the generator states a checkpoint keeps)."""
+    if not _world.active:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * _world.size
+    dist.all_gather_object(out, value)
+    return out
+
+
+
+def _state_numbers(state: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(name, figure) of every tensor and number in a method's state, two figures per tensor
+    (its sum and its sum of squares in float64); generator states differ by design."""
+    out: list[tuple[str, float]] = []
+    if isinstance(state, dict):
+        for key in sorted(state, key=str):
+            if key != "generator":
+                out += _state_numbers(state[key], f"{prefix}{key}.")
+    elif isinstance(state, (list, tuple)):
+        for i, value in enumerate(state):
+            out += _state_numbers(value, f"{prefix}{i}.")
+    elif isinstance(state, torch.Tensor) and not state.dtype.is_complex:
+        values = state.detach().double()
+        out += [(prefix + "sum", float(values.sum())), (prefix + "sumsq", float((values ** 2).sum()))]
+    elif isinstance(state, (int, float)) and not isinstance(state, bool):
+        out.append((prefix.rstrip("."), float(state)))
+    return out
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (a != a and b != b)          # NaN on both ranks is the same NaN
+
+
+def first_divergence(state: Any) -> str | None:
+    """The first entry of a method's state (parameters, optimizer moments, EM counters and
+    averages) that is not bit-identical on every rank, or None. Ranks that apply the same
+    reduced gradients stay identical, so a difference is a bug, caught at the checkpoint."""
+    if not _world.active:
+        return None
+    numbers = _state_numbers(state)
+    gathered = gather_objects(numbers)
+    for index, (name, value) in enumerate(numbers):
+        for rank, theirs in enumerate(gathered):
+            if index >= len(theirs) or theirs[index][0] != name or not _same(theirs[index][1],
+                                                                              value):
+                return f"{name} (rank {rank})"
+    if any(len(theirs) != len(numbers) for theirs in gathered):
+        return "the number of state entries"
+    return None

@@ -1,0 +1,206 @@
+"""Data parallelism under torchrun (engine/distributed.py), on CPU with gloo.
+
+Two ranks with a global batch of 2B (B rows each) must end where one process with batch 2B
+ends: exactly, up to float rounding, for the deterministic methods (exact marginal likelihood,
+VQ-VAE), and a resume may change the world size. For the stochastic methods each rank draws
+its own noise, so the check is that the ranks never diverge (the engine compares every rank's
+method state at each checkpoint and stops on a difference; `first_divergence` is tested to
+find one) and that the M-step gate decided the same on every rank.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gfnem_cli.engine import distributed
+
+REPO = Path(__file__).resolve().parents[2]
+GRAMMAR = ["--set", "train.batch_size=8", "--set", "model.nonterminals=4",
+           "--set", "model.preterminals=5", "--set", "model.symbol_dim=16",
+           "--set", "sampler.d_model=16", "--set", "sampler.num_layers=1",
+           "--set", "sampler.num_heads=2", "--set", "em.valid_samples=4",
+           "--set", "train.eval_every=3", "--set", "train.checkpoint_every=1"]
+IMAGES = ["--set", "model.channels=8", "--set", "sampler.channels=8",
+          "--set", "train.batch_size=8", "--set", "data.max_valid_images=8",
+          "--set", "em.valid_samples=2", "--set", "train.eval_batch_size=8",
+          "--set", "baseline.encoder_channels=8", "--set", "train.eval_every=2",
+          "--set", "train.checkpoint_every=1"]
+
+
+@given(count=st.integers(1, 64), size=st.integers(1, 8))
+def test_shards_cover_the_batch_once_with_weights_that_sum_to_one(count, size):
+    rows, weights = [], []
+    for rank in range(size):
+        mine, weight = distributed.shard_rows(count, rank, size)
+        assert mine and (weight > 0 or mine == [0])
+        if weight > 0:
+            rows += mine
+            assert weight == len(mine) / count
+        weights.append(weight)
+    assert rows == list(range(count))
+    assert sum(weights) == pytest.approx(1.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gfnem(*args, ranks: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                 "--master-addr=127.0.0.1", f"--master-port={free_port()}"] if ranks > 1
+                else [sys.executable])
+    done = subprocess.run([*launcher, "-m", "gfnem_cli", *map(str, args), "-q",
+                           "--device", "cpu"] if args[0] == "train" else
+                          [*launcher, "-m", "gfnem_cli", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    gfnem("prepare", "synthetic", "--out", root / "corpus", "--num-sentences", 120,
+          "--max-length", 10)
+    gfnem("prepare", "shapes", "--out", root / "shapes", "--train", 30, "--valid", 8,
+          "--test", 8, "--seed", 3)
+    return {"corpus": root / "corpus", "shapes": root / "shapes"}
+
+
+def tensors(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["method"]
+    modules = state["modules"] if "modules" in state else {"model": state["model"]}
+    return {f"{m}.{k}": v for m, sd in modules.items() for k, v in sd.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point()}
+
+
+def assert_close(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(ta[key], tb[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def records(run: Path, kind: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_exact_marginal_two_ranks_equal_one_process_and_resume_across_world_sizes(
+        data, tmp_path):
+    recipe = REPO / "recipes" / "synthetic-npcfg.yaml"
+    common = ["--set", f"data.path={data['corpus']}", *GRAMMAR]
+    one, two, mixed = tmp_path / "one", tmp_path / "two", tmp_path / "mixed"
+    gfnem("train", recipe, "--out", one, *common, "--set", "train.steps=6")
+    gfnem("train", recipe, "--out", two, *common, "--set", "train.steps=6", ranks=2)
+    assert_close(one, two)
+    assert [r["step"] for r in records(two, "train")] == list(range(1, 7))   # rank 0 alone
+    for a, b in zip(records(one, "train"), records(two, "train")):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)               # global figures
+    info = json.loads((two / "run_info.json").read_text())
+    assert info["started"]["world_size"] == 2
+    # two ranks for 3 steps, then one process to 6: the straight run's parameters
+    gfnem("train", recipe, "--out", mixed, *common, "--set", "train.steps=3", ranks=2)
+    gfnem("train", recipe, "--out", mixed, *common, "--set", "train.steps=6", "--resume")
+    assert_close(one, mixed)
+
+
+def test_vqvae_two_ranks_equal_one_process(data, tmp_path):
+    recipe = REPO / "recipes" / "shapes-gumbel.yaml"
+    common = ["--set", "method=vqvae", "--set", f"data.path={data['shapes']}", *IMAGES,
+              "--set", "train.steps=4"]
+    gfnem("train", recipe, "--out", tmp_path / "one", *common)
+    gfnem("train", recipe, "--out", tmp_path / "two", *common, ranks=2)
+    assert_close(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.parametrize("family", ["grammar", "images"])
+def test_gfnem_ranks_never_diverge_and_gate_alike(data, tmp_path, family):
+    if family == "grammar":
+        recipe, common = REPO / "recipes" / "synthetic-npcfg-gfnem.yaml", [
+            "--set", f"data.path={data['corpus']}", *GRAMMAR, "--set", "train.steps=6",
+            "--set", "em.threshold_max=40", "--set", "em.threshold_min=40"]
+    else:
+        recipe, common = REPO / "recipes" / "shapes-dvae-gfnem.yaml", [
+            "--set", f"data.path={data['shapes']}", *IMAGES, "--set", "train.steps=4"]
+    run = tmp_path / "two"
+    # every step ends in a checkpoint, where each rank's whole method state (parameters,
+    # optimizer moments, EM counters and moving average) must equal rank 0's
+    gfnem("train", recipe, "--out", run, *common, ranks=2)
+    steps = records(run, "train")
+    assert len(steps) == len(set(r["step"] for r in steps))
+    report = json.loads((run / "report.json").read_text())
+    assert report["model_updates"] == sum(int(r.get("mstep", 1)) for r in steps)
+
+
+def _diverging(rank: int, size: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
+    distributed._world = distributed.World(rank, size)
+    state = {"model": {"w": torch.ones(3)}, "em": {"model_updates": 2},
+             "generator": torch.tensor([rank])}            # generators may differ
+    same = distributed.first_divergence(state)
+    state["model"]["w"][1] += 1e-7 * rank                  # one ulp-sized step on rank 1
+    found = distributed.first_divergence(state)
+    if rank == 0:
+        Path(out).write_text(json.dumps([same, found]))
+    dist.destroy_process_group()
+
+
+def test_first_divergence_names_the_entry_that_differs(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "found.json"
+    mp.spawn(_diverging, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2)
+    same, found = json.loads(out.read_text())
+    assert same is None
+    assert found == "model.w.sum (rank 1)"
+
+
+def test_sigterm_under_torchrun_checkpoints_once_and_resumes_exactly(data, tmp_path):
+    import signal
+    import time
+
+    recipe = REPO / "recipes" / "synthetic-npcfg.yaml"
+    common = ["--set", f"data.path={data['corpus']}", *GRAMMAR, "--set", "train.eval_every=500",
+              "--set", "train.checkpoint_every=500"]
+    run = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                            "--master-addr=127.0.0.1", f"--master-port={free_port()}",
+                            "-m", "gfnem_cli", "train", str(recipe), "--out", str(run),
+                            *common, "--set", "train.steps=5000", "-q", "--device", "cpu"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           cwd=REPO)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists()
+                                      or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)          # torchrun forwards it to every rank
+    _, err = job.communicate(timeout=120)
+    assert "interrupted at step" in err and err.count("interrupted at step") == 1, err
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    stopped = state["step"]
+    assert [r["step"] for r in records(run, "train")] == list(range(1, stopped + 1))
+    gfnem("train", recipe, "--out", run, *common, "--set", f"train.steps={stopped + 3}",
+          "--resume")
+    straight = tmp_path / "straight"
+    gfnem("train", recipe, "--out", straight, *common, "--set", f"train.steps={stopped + 3}")
+    assert_close(straight, run)
