@@ -10,8 +10,9 @@
     estep.py        GFlowNetEStep (a trained sampler), PosteriorEStep (a fixed procedure)
     em.py           EMOptions, EMLoop: the EM loop of GFlowNet-EM
     schedules.py    the M-step threshold τ(g) and the E-loss moving average
-    trainer.py      the training loop: progress, metrics, checkpoints, resume, signals; the
-                    checked optimizer step (checked_step, check_finite, checked_clip)
+    trainer.py      the training loop: progress, metrics, checkpoints, resume, signals
+    optimizer_step.py  the checked optimizer step (checked_step, check_finite, checked_clip)
+    distributed.py  data parallelism under torchrun: shards, gradient sums, agreed decisions
     progress.py     what a run shows while it trains: a live display in a terminal, timestamped
                     lines in a file (`--log-every`); live_figures.py: the figures it shows
                     (smoothed loss, EM gate and M-step share, the stalled-model notice)
@@ -44,9 +45,9 @@ _EXPORTS = {
     "estep": ("GFlowNetEStep", "PosteriorEStep"),
     "em": ("EMOptions", "EMLoop"),
     "schedules": ("ThresholdSchedule", "MovingAverage"),
-    "trainer": ("Trainer", "TrainerOptions", "TrainingInterrupted", "NonFiniteLoss",
-                "checked_step", "check_finite", "checked_clip", "clear_grads",
-                "VALIDATION_NOTES"),
+    "trainer": ("Trainer", "TrainerOptions", "TrainingInterrupted", "VALIDATION_NOTES"),
+    "optimizer_step": ("NonFiniteLoss", "checked_step", "check_finite", "checked_clip",
+                     "clear_grads"),
     "importance": ("ImportanceEstimate", "standard_error"),
     "errors": ("GfnemError",),
     "objectives": ("build_objective", "OBJECTIVES", "Objective", "check_on_policy"),

@@ -24,7 +24,7 @@ gate is then not consulted.
 
 The baselines run through the same loop by swapping the E-step (`estep.PosteriorEStep`).
 
-Every loss is checked before any optimizer step (`trainer.check_finite`, `trainer.checked_clip`):
+Every loss is checked before any optimizer step (`optimizer_step.check_finite`, `optimizer_step.checked_clip`):
 a NaN or infinite loss or gradient norm raises `NonFiniteLoss` with all gradients cleared and
 no parameter, optimizer or schedule state changed (a Markov-chain E-step may have moved its
 chains, which stay valid chain states). The E-step gradient never reaches θ: log rewards are
@@ -42,7 +42,7 @@ import torch
 from gfnem_cli.engine import distributed
 from gfnem_cli.engine.family import CountsUnits, Draw, LatentFamily, RaoBlackwellizedMStep
 from gfnem_cli.engine.schedules import MovingAverage, ThresholdSchedule
-from gfnem_cli.engine.trainer import check_finite, checked_clip, clear_grads
+from gfnem_cli.engine.optimizer_step import check_finite, checked_clip, clear_grads
 
 @dataclass
 class EMOptions:
