@@ -20,9 +20,11 @@ What keeps the ranks one run:
   than `forward`, on a different parameter subset each, which its reducer does not follow.
   A parameter no rank gave a gradient keeps `grad = None` (Adam then skips it, as one
   process would).
-* **The decisions.** The E-loss the M-step gate reads, every finite-loss check and the stop
-  request are agreed over ranks (`weighted_mean`, `all_true`, `any_true`), so all ranks take the
-  same branch and the EM state never diverges; the metrics logged are the weighted means.
+* **The decisions.** The E-loss the M-step gate reads and the stop request are agreed over
+  ranks (`weighted_mean`, `agree_on_step`), and a non-finite loss anywhere makes the summed
+  gradients' norm non-finite everywhere, so all ranks take the same branch and the EM state
+  never diverges; the metrics logged are the weighted means. An EM step costs three small
+  collectives besides the gradient sums.
 * **The randomness.** Rank r seeds its generators with seed + r·`RANK_SEED_STRIDE` (rank 0 with
   the recipe's seed, so one process is unchanged); a checkpoint keeps every rank's generator
   state, restored when the world size is the same.
@@ -174,28 +176,20 @@ def weighted_mean(value: float) -> float:
     return float(total.item()) / _total
 
 
-def weighted_means(values: dict[str, float]) -> dict[str, float]:
-    """`weighted_mean` of every figure of a metrics record, in one all-reduce (the keys are the
-    same on every rank: they follow the same code path)."""
-    if not _world.active or not values:
-        return values
-    keys = sorted(k for k, v in values.items()
+def agree_on_step(values: dict[str, float] | None, stop: bool
+                  ) -> tuple[dict[str, float] | None, bool]:
+    """After a step: `weighted_mean` of every figure of its metrics record (None for a skipped
+    step; the keys are the same on every rank, they follow the same code path) and whether
+    any rank was asked to stop, in one all-reduce."""
+    if not _world.active:
+        return values, stop
+    keys = sorted(k for k, v in (values or {}).items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool))
-    total = _all_reduce(torch.tensor([float(values[k]) * _rows for k in keys],
-                                     dtype=torch.float64))
-    return {**values, **{k: v / _total for k, v in zip(keys, total.tolist())}}
-
-
-def all_true(flag: bool) -> bool:
-    if not _world.active:
-        return flag
-    return bool(_all_reduce(torch.tensor([0.0 if flag else 1.0])).item() == 0)
-
-
-def any_true(flag: bool) -> bool:
-    if not _world.active:
-        return flag
-    return bool(_all_reduce(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+    total = _all_reduce(torch.tensor([float(values[k]) * _rows for k in keys]
+                                     + [1.0 if stop else 0.0], dtype=torch.float64)).tolist()
+    if values is not None:
+        values = {**values, **{k: v / _total for k, v in zip(keys, total)}}
+    return values, total[-1] > 0
 
 
 def barrier() -> None:

@@ -26,9 +26,15 @@ def clear_grads(params) -> None:
 
 
 def check_finite(value: torch.Tensor, params=()) -> None:
-    """Raise `NonFiniteLoss` (gradients of `params` cleared) unless every entry is finite
-    (under data parallelism: on every rank, so all ranks skip the step together)."""
-    if not distributed.all_true(bool(torch.isfinite(value.detach()).all())):
+    """Raise `NonFiniteLoss` (gradients of `params` cleared) unless every entry is finite.
+
+    Under data parallelism this check waits for the gradient norm instead: a non-finite loss
+    on any rank makes its gradients non-finite, so the summed gradients' norm in
+    `checked_clip` is non-finite on every rank and all ranks skip the step together, without
+    a collective per loss."""
+    if distributed.world().active:
+        return
+    if not bool(torch.isfinite(value.detach()).all()):
         clear_grads(params)
         raise NonFiniteLoss
 

@@ -307,12 +307,12 @@ class Trainer:
                 started = time.perf_counter()
                 try:
                     metrics = self.method.train_step(distributed.shard(batch))
-                    metrics = distributed.weighted_means(metrics)
                     in_a_row = 0
                 except NonFiniteLoss:
                     metrics = None
                     in_a_row += 1
                     self.nonfinite_total += 1
+                metrics, stop_agreed = distributed.agree_on_step(metrics, stop.requested)
                 self.position += 1
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
@@ -339,7 +339,8 @@ class Trainer:
                 # step changes no parameter, so the state at the end is always good to keep
                 if finished or (in_a_row == 0 and self.step % opts.checkpoint_every == 0):
                     self._checkpoint()
-                if distributed.any_true(stop.requested) and not finished:
+                # one process reads the flag now; ranks act on the request they agreed on
+                if (stop_agreed if self.world.active else stop.requested) and not finished:
                     self._checkpoint()
                     raise TrainingInterrupted(self.step, self.last_path)
         report = {"steps": self.step, "model_updates": self.model_updates(),

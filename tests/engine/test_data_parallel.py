@@ -204,3 +204,37 @@ def test_sigterm_under_torchrun_checkpoints_once_and_resumes_exactly(data, tmp_p
     straight = tmp_path / "straight"
     gfnem("train", recipe, "--out", straight, *common, "--set", f"train.steps={stopped + 3}")
     assert_close(straight, run)
+
+
+def _nan_on_one_rank(rank: int, size: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from gfnem_cli.engine.optimizer_step import NonFiniteLoss, checked_step
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
+    distributed._world = distributed.World(rank, size)
+    distributed._rows, distributed._total = 1, 2
+    w = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    outcomes = []
+    for bad in (False, True):                 # a finite step, then rank 1's loss is NaN
+        loss = (w * (float("nan") if bad and rank == 1 else 1.0)).sum()
+        try:
+            checked_step(loss, optimizer, [w], 1.0)
+            outcomes.append(w.detach().tolist())
+        except NonFiniteLoss:
+            outcomes.append("skipped")
+    Path(f"{out}.{rank}").write_text(json.dumps(outcomes))
+    dist.destroy_process_group()
+
+
+def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "outcome"
+    mp.spawn(_nan_on_one_rank, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)),
+             nprocs=2)
+    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(2)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0][1] == "skipped"
+    assert ranks[0][0] == pytest.approx([1 - 0.1 / 2 ** 0.5] * 2)   # clipped to norm 1
