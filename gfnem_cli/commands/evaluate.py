@@ -139,7 +139,10 @@ def evaluate(
         images.evaluate_images(run, data, split, samples, json_out, seed, checkpoint,
                                batch_size, device, max_images)
         return
+    from gfnem_cli.engine.distributed import refuse_under_torchrun
     from gfnem_cli.engine.errors import GfnemError
+
+    refuse_under_torchrun("evaluate on a corpus")
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from gfnem_cli.engine.provenance import provenance
     from rich.markup import escape

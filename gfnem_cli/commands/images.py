@@ -120,6 +120,15 @@ def parse_images(run: Path, input: Path, split: str, out: Path, samples: int,
                   f"to {out}", highlight=False)
 
 
+def _join_torchrun(device: str):
+    from gfnem_cli.engine import distributed
+    from gfnem_cli.engine.runs import resolve_device
+
+    if distributed.launched_by_torchrun():
+        distributed.join(resolve_device(device))
+    return distributed.world()
+
+
 def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
                     json_out: Optional[Path], seed: int, checkpoint: str, batch_size: int,
                     device: str, max_images: int = 0) -> None:
@@ -144,6 +153,7 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
     if json_out is not None:
         check_output_file(json_out)
     samples = samples or DEFAULT_SAMPLES
+    world = _join_torchrun(device)       # under torchrun: the images shared over the ranks
     trained = _load(run, checkpoint, device)
     images_set, images = _split_images(data, split)
     _check_shape(trained, images_set)
@@ -152,7 +162,9 @@ def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,
         images = images[:max_images]
     with work_progress(f"NLL (M={samples})", images.shape[0]) as advance:
         figures = run_nll(trained, images, samples, batch_size, seed,
-                          progress=advance)
+                          progress=advance if world.is_main else None)
+    if not world.is_main:                 # rank 0 reports and writes
+        return
     true_nll = images_set.true_nll(split, images.shape[0])
     if true_nll is not None:
         true_nll, figures["true_nll_stderr"] = true_nll

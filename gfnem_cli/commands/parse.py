@@ -68,6 +68,10 @@ def parse(
     the ten most frequent). The output of a corpus split reads back with `gfnem evaluate
     --pred`; with --gold-out, the gold trees are written beside it for EVALB.
     """
+    from gfnem_cli.engine.distributed import refuse_under_torchrun
+
+    refuse_under_torchrun("parse")
+
     from gfnem_cli.commands import images
     from gfnem_cli.commands.checks import grammar_options_unused
 

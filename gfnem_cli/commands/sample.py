@@ -71,6 +71,10 @@ def sample(
     parse trees from the posterior p(z | x) (exact for context-free grammars, the trained
     GFlowNet sampler otherwise), each with log q(z | x) and log p(x, z).
     """
+    from gfnem_cli.engine.distributed import refuse_under_torchrun
+
+    refuse_under_torchrun("sample")
+
     import torch
     from rich.markup import escape
 

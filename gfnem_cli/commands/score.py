@@ -72,6 +72,10 @@ def score(
     (the same sentences, --batch-size and --seed give the same figures). Grammar runs only;
     an image run's NLL per image is `gfnem evaluate RUN --data DIR`.
     """
+    from gfnem_cli.engine.distributed import refuse_under_torchrun
+
+    refuse_under_torchrun("score")
+
     from gfnem_cli import families
     from gfnem_cli.commands import images
     from gfnem_cli.commands.grammar_report import print_notes, render_likelihood, report_unknown

@@ -250,3 +250,29 @@ def first_divergence(state: Any) -> str | None:
     if any(len(theirs) != len(numbers) for theirs in gathered):
         return "the number of state entries"
     return None
+
+
+def my_share(items: Sequence[Any]) -> tuple[int, list[Any]]:
+    """(offset, this rank's contiguous block of `items`): work split without weights, for
+    evaluation (blocks in rank order are the items in order)."""
+    start = len(items) * _world.rank // _world.size
+    stop = len(items) * (_world.rank + 1) // _world.size
+    return start, list(items[start:stop])
+
+
+def gather_in_order(parts: list[Any]) -> list[Any]:
+    """Every rank's `parts` (a list), joined in rank order: with `my_share`, the whole in the
+    original order (identity for one process)."""
+    if not _world.active:
+        return parts
+    return [part for rank_parts in gather_objects(parts) for part in rank_parts]
+
+
+def refuse_under_torchrun(command: str) -> None:
+    """A command that runs as one process says so, rather than run K identical copies."""
+    if launched_by_torchrun():
+        from gfnem_cli.engine.errors import GfnemError
+
+        raise GfnemError(f"`gfnem {command}` runs as one process, not under torchrun",
+                         hint=f"run it without torchrun (train, and evaluate on an image set, "
+                              "are the commands that run data-parallel)")

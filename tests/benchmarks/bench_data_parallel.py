@@ -57,7 +57,9 @@ def gfnem(args: list[str], threads: int, ranks: int = 1) -> None:
     done = subprocess.run([*launcher, "-m", "gfnem_cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"bench_data_parallel: {' '.join(args[:3])} failed:\n{done.stderr[-2000:]}")
+        text = done.stderr if len(done.stderr) < 8000 else (done.stderr[:4000] + "\n...\n"
+                                                             + done.stderr[-4000:])
+        sys.exit(f"bench_data_parallel: {' '.join(args[:3])} failed:\n{text}")
 
 
 def rate(root: Path, method: str, data: dict, steps: int, threads: int, ranks: int,

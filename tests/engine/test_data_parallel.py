@@ -238,3 +238,24 @@ def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     assert ranks[0] == ranks[1]
     assert ranks[0][1] == "skipped"
     assert ranks[0][0] == pytest.approx([1 - 0.1 / 2 ** 0.5] * 2)   # clipped to norm 1
+
+
+def test_image_nll_under_torchrun_is_the_one_process_figure(data, tmp_path):
+    run = tmp_path / "run"
+    gfnem("train", REPO / "recipes" / "shapes-dvae-gfnem.yaml", "--out", run,
+          "--set", f"data.path={data['shapes']}", *IMAGES, "--set", "train.steps=2")
+    figures = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"nll{ranks}.json"
+        done = gfnem("evaluate", run, "--data", data["shapes"], "--samples", 20,
+                     "--batch-size", 3, "--device", "cpu", "--json", out, ranks=ranks)
+        reports = [line for line in done.stdout.splitlines() if line.startswith("NLL ")]
+        assert len(reports) == 1, done.stdout                      # rank 0 alone reports
+        figures[ranks] = json.loads(out.read_text())
+    for key in ("nll_nats", "nll_stderr", "nll_nats_m1", "num_images"):
+        assert figures[2][key] == pytest.approx(figures[1][key], rel=1e-12), key
+    assert figures[1]["num_images"] == 8
+    refused = gfnem("parse", run, "--input", data["shapes"], "--out", tmp_path / "codes.jsonl",
+                    ranks=2, check=False)
+    assert refused.returncode != 0 and "runs as one process" in refused.stderr
+    assert not (tmp_path / "codes.jsonl").exists()

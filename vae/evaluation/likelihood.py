@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine import distributed
+
 from gfnem_cli.engine import ImportanceEstimate
 
 
@@ -66,22 +68,37 @@ def summarize(per_image_nll: torch.Tensor, samples: int, pixels: int) -> NLLEsti
 def importance_sampled_nll(model, sampler, batches, samples: int = 5000,
                            also: tuple[int, ...] = (1, 100), chunk: int = 256, seed: int = 0,
                            device: torch.device | str = "cpu",
-                           progress=None) -> dict[int, NLLEstimate]:
+                           progress=None, shard: bool = False) -> dict[int, NLLEstimate]:
     """{M': estimate} for M' in `also` (those ≤ samples) and `samples`, over every image of
-    `batches` (ImageBatch); the same draws serve every M'."""
-    generator = torch.Generator(device=device).manual_seed(seed)
+    `batches` (ImageBatch); the same draws serve every M'.
+
+    With `shard` (`gfnem evaluate`) batch b draws from a generator seeded with (seed, b), so
+    the figure does not depend on how the batches are shared: under torchrun each rank takes
+    a contiguous block of batches (`distributed.my_share`) and the per-image figures are
+    gathered in order. Without it (validation while training, on rank 0 alone) one generator
+    seeded with `seed` serves every batch in turn."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("no images to evaluate")
     wanted = sorted({m for m in also if m <= samples} | {samples})
     per_image: dict[int, list[torch.Tensor]] = {m: [] for m in wanted}
-    pixels = None
+    pixels = batches[0].images.shape[1] * batches[0].images.shape[2]
     model.eval(), sampler.eval()
-    for batch in batches:
+    offset, mine = distributed.my_share(batches) if shard else (0, batches)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for index, batch in enumerate(mine, start=offset):
+        if shard:
+            generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
         images = batch.images.to(device)
-        pixels = images.shape[1] * images.shape[2]
         log_w = log_weights(model, sampler, images, samples, chunk, generator)
         for m in wanted:
             per_image[m].append(-log_p_hat(log_w[:, :m]).cpu())
         if progress is not None:
-            progress(len(batch))
-    if pixels is None:
-        raise ValueError("no images to evaluate")
-    return {m: summarize(torch.cat(per_image[m]), m, pixels) for m in wanted}
+            progress(len(batch) * (distributed.world().size if shard else 1))
+    gather = distributed.gather_in_order if shard else (lambda parts: parts)
+    return {m: summarize(torch.cat(gather(per_image[m])), m, pixels) for m in wanted}
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch `index`: distinct per batch, the same on any rank."""
+    return (seed * 1_000_003 + index) % (2 ** 63)

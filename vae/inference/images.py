@@ -64,7 +64,7 @@ def run_nll(run, images: torch.Tensor, samples: int, batch_size: int = 16, seed:
     m = 1 if deterministic else samples
     estimates = importance_sampled_nll(run.model, proposal, in_order_batches(images, batch_size),
                                        m, also=(1, 100), chunk=256, seed=seed,
-                                       device=run.device, progress=progress)
+                                       device=run.device, progress=progress, shard=True)
     main = estimates[m]
     out = {"nll_nats": main.nll_nats, "nll_stderr": main.nll_stderr,
            "bits_per_dim": main.bits_per_dim, "nll_is_bound": not exact,
