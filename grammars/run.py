@@ -158,9 +158,18 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     if (corpus.path / "grammar.json").exists():
         files["true_grammar.json"] = (corpus.path / "grammar.json").read_text(encoding="utf-8")
     saved = saved_config(out) if resume and state.has_checkpoint else None
+    sampler = getattr(method, "modules", {}).get("sampler")
     return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command,
-                  describe(config, corpus, train_ids, valid_count, f1, model,
-                           getattr(method, "modules", {}).get("sampler")))
+                  describe(config, corpus, train_ids, valid_count, f1, model, sampler),
+                  networks=networks(sampler))
+
+
+def networks(sampler) -> tuple:
+    """What `train.precision: bf16` runs under autocast: the tree sampler's embedder,
+    Transformer and heads; the grammar and its inside algorithm stay in float32."""
+    if sampler is None:
+        return ()
+    return (sampler.embedder, sampler.encoder, sampler.heads)
 
 
 @dataclass

@@ -74,7 +74,20 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     images = (f"images: {data.path} ({data.manifest.get('kind')}; {height}x{width} binary): "
               f"train {len(train_images):,}, validation {len(valid):,}")
     return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command,
-                  [images])
+                  [images], networks=networks(method))
+
+
+def networks(method) -> tuple:
+    """What `train.precision: bf16` runs under autocast: the decoder, the grid sampler's
+    trunk and policy, a baseline's encoder; the prior and every log-likelihood stay float32."""
+    modules = method.modules
+    vae = modules.get("model", modules.get("vae"))
+    found = [vae.decoder]
+    if "sampler" in modules:
+        found += [modules["sampler"].trunk, modules["sampler"].policy]
+    if "encoder" in modules:
+        found.append(modules["encoder"])
+    return tuple(found)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from gfnem_cli.engine.files import check_free_space, check_writable_dir, write_t
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
 from gfnem_cli.engine.run_header import header_lines
 from gfnem_cli.engine import distributed
+from gfnem_cli.engine.precision import use_deterministic, use_precision
 from gfnem_cli.engine.scalar_logs import check_logger
 
 LAST, BEST = "last", "best"
@@ -223,11 +224,12 @@ def begin(defaults, recipe: Path | None, overrides: list[str], out: Path, resume
 
 def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files: dict[str, str],
            config: dict, device: torch.device, seed: int, command: list[str] | None,
-           describe: list[str] | tuple = ()) -> dict:
+           describe: list[str] | tuple = (), networks: tuple = ()) -> dict:
     """The end of every family's `train_run`: on resume load and check the checkpoint (still
     writing nothing; a run killed before its first checkpoint starts again from step 0), then
     write the run's files, restore the checkpoint or seed every generator, and train.
-    `describe` are the family's lines of the run's header (its data: `run_header.py`)."""
+    `describe` are the family's lines of the run's header (its data: `run_header.py`);
+    `networks` the modules `train.precision` applies to (`precision.py`)."""
     resumed = resume and state.has_checkpoint
     checkpoint = trainer.load_checkpoint() if resumed else None
     if checkpoint is not None:
@@ -246,6 +248,10 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
         write_run_files(state.path, config, files,
                         run_info(state.path, device, checkpoint["step"] if checkpoint else None,
                                  command, world.size))
+    use_deterministic(config["train"].get("deterministic", False))
+    if use_precision(config["train"].get("precision", "float32"), device, networks):
+        trainer.header.append(f"precision: bf16 autocast in {len(networks)} networks "
+                              "(log-probabilities, rewards and the model's sums in float32)")
     if checkpoint is not None:
         trainer.restore(checkpoint)
     else:

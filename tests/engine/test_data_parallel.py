@@ -56,7 +56,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gfnem(*args, ranks: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+def gfnem(*args, ranks: int = 1, check: bool = True, device: str = "cpu"
+          ) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
@@ -64,7 +65,7 @@ def gfnem(*args, ranks: int = 1, check: bool = True) -> subprocess.CompletedProc
                  "--master-addr=127.0.0.1", f"--master-port={free_port()}"] if ranks > 1
                 else [sys.executable])
     done = subprocess.run([*launcher, "-m", "gfnem_cli", *map(str, args), "-q",
-                           "--device", "cpu"] if args[0] == "train" else
+                           "--device", device] if args[0] == "train" else
                           [*launcher, "-m", "gfnem_cli", *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     if check:

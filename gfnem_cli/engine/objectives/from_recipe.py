@@ -4,7 +4,7 @@ A family's recipe schema (`grammars/recipe.py`, later `vae/recipe.py`) is built 
 sections, each a tree of `Key(default, range)` a family may give its own defaults and extend:
 
     train_section(**defaults)     steps, update cap, batch size, the model's Adam, seed, intervals,
-                                  the scalar logger (none | tensorboard | wandb)
+                                  the scalar logger (none | tensorboard | wandb), precision
     objective_section()           the E-step loss: name and its options
     em_section(**defaults)        the M-step gate (threshold schedule, EMA), M-step draws,
                                   importance weighting, the sleep phase, validation samples
@@ -34,6 +34,7 @@ from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
 from gfnem_cli.engine.recipe_schema import (
     ANY_THRESHOLD, AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY,
     SEED, UNIT_INTERVAL_OPEN, Conflict, Key, OneOf, Real)
+from gfnem_cli.engine.precision import PRECISIONS
 from gfnem_cli.engine.scalar_logs import LOGGERS
 
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
@@ -70,6 +71,10 @@ def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
         # also write metrics.jsonl's scalars to RUN/tensorboard/ or W&B, offline in RUN/wandb/
         # (engine/scalar_logs.py)
         "logger": Key("none", OneOf(*LOGGERS)),
+        # bf16: the networks (sampler, VAE decoder/encoders) under autocast, everything they
+        # feed (log-probs, rewards, the inside algorithm) in float32 (engine/precision.py)
+        "precision": Key("float32", OneOf(*PRECISIONS)),
+        "deterministic": Key(False, BOOLEAN),     # deterministic kernels (bit-exact on GPU)
     }
 
 
