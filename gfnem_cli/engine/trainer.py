@@ -107,6 +107,7 @@ class Trainer:
         self.config, self.fingerprint = config, data_fingerprint
         self.items_in = items_in
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
+        self._loaded_from = self.last_path       # or previous.pt, after a fallback
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.step = self.epoch = self.position = 0
@@ -144,6 +145,7 @@ class Trainer:
         resume must leave the run as it was); `restore` then applies it. A damaged or missing
         last.pt falls back to previous.pt with a one-line warning (`checkpoint.load_newest`)."""
         path, state = ckpt.load_newest(self.last_path, on_warning)
+        self._loaded_from = path
         if state.get("data_fingerprint") != self.fingerprint:
             raise GfnemError("this checkpoint was trained on another data set "
                              f"(fingerprint {str(state.get('data_fingerprint'))[:19]}, data has "
@@ -163,7 +165,8 @@ class Trainer:
             self._restore_rank_rng(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise GfnemError(f"checkpoint does not fit this run ({type(exc).__name__})",
-                             self.last_path, hint="restore it, or start a new run") from None
+                             self._loaded_from,
+                             hint="restore it, or start a new run") from None
         self.elapsed = state.get("elapsed", 0.0)
         # checkpoints older than the wall clock have the step time, a lower bound of it
         self.wall_elapsed = state.get("wall_elapsed", self.elapsed)
