@@ -165,11 +165,12 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
 
 
 def networks(sampler) -> tuple:
-    """What `train.precision: bf16` runs under autocast: the tree sampler's embedder,
-    Transformer and heads; the grammar and its inside algorithm stay in float32."""
+    """What `train.precision: bf16` runs under autocast: the tree sampler's Transformer and
+    the layers of its embedder and heads (whose own methods call them); the grammar and its
+    inside algorithm stay in float32."""
     if sampler is None:
         return ()
-    return (sampler.embedder, sampler.encoder, sampler.heads)
+    return (sampler.encoder, *sampler.embedder.children(), *sampler.heads.children())
 
 
 @dataclass

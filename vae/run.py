@@ -82,9 +82,9 @@ def networks(method) -> tuple:
     trunk and policy, a baseline's encoder; the prior and every log-likelihood stay float32."""
     modules = method.modules
     vae = modules.get("model", modules.get("vae"))
-    found = [vae.decoder]
+    found = list(vae.decoder.children())            # its methods call its layers
     if "sampler" in modules:
-        found += [modules["sampler"].trunk, modules["sampler"].policy]
+        found += [modules["sampler"].trunk, *modules["sampler"].policy.children()]
     if "encoder" in modules:
         found.append(modules["encoder"])
     return tuple(found)

@@ -38,9 +38,10 @@ class _Autocast:
     """The pair of hooks of one module: enter autocast before its forward, leave it after."""
 
     def __init__(self, device_type: str):
-        self.device_type, self.active = device_type, []
+        self.device_type, self.active, self.calls = device_type, [], 0
 
     def enter(self, module, args):
+        self.calls += 1
         context = torch.autocast(self.device_type, dtype=torch.bfloat16)
         context.__enter__()
         self.active.append(context)
@@ -51,19 +52,21 @@ class _Autocast:
 
 
 def use_precision(precision: str, device: torch.device,
-                  networks: Iterable[torch.nn.Module]) -> int:
-    """Apply `precision` to `networks` (their forward passes); the number of modules changed."""
+                  networks: Iterable[torch.nn.Module]) -> list[_Autocast]:
+    """Apply `precision` to the forward passes of `networks` (modules that are *called*: a
+    family names the children of a module whose other methods do the work); the hooks, whose
+    `calls` count the forwards they wrapped (none for float32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     if precision == "float32":
-        return 0
-    count = 0
+        return []
+    hooks = []
     for module in networks:
-        hooks = _Autocast(device.type)
-        module.register_forward_pre_hook(hooks.enter)
-        module.register_forward_hook(hooks.leave, always_call=True)
-        count += 1
-    return count
+        hook = _Autocast(device.type)
+        module.register_forward_pre_hook(hook.enter)
+        module.register_forward_hook(hook.leave, always_call=True)
+        hooks.append(hook)
+    return hooks
 
 
 def use_deterministic(on: bool) -> None:

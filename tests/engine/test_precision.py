@@ -73,3 +73,33 @@ def test_short_bf16_runs_train_and_validate(data, tmp_path, recipe, key):
     report = json.loads((run / "report.json").read_text())
     figure = report["best"].get("val_nll_per_token", report["best"].get("val_nll_nats"))
     assert figure is not None and figure == figure and figure < float("inf")
+
+
+def test_the_families_networks_run_under_autocast_and_log_probs_stay_float32():
+    from types import SimpleNamespace
+
+    from grammars.gflownet.sampler import TreeSampler
+    from grammars.run import networks as tree_networks
+    from vae.gflownet.sampler import GridSampler
+    from vae.models.decoder import Decoder
+    from vae.models.dvae import DiscreteVAE
+    from vae.models.prior import UniformPrior
+    from vae.run import networks as image_networks
+
+    cpu = torch.device("cpu")
+    sampler = TreeSampler(7, 3, d_model=16, num_layers=1, num_heads=2)
+    hooks = use_precision("bf16", cpu, tree_networks(sampler))
+    traj = sampler.sample(torch.randint(1, 7, (2, 5)), torch.tensor([5, 3]), num_per_input=2)
+    assert hooks[0].calls > 0                              # the Transformer
+    assert sum(h.calls > 0 for h in hooks) >= len(hooks) // 2
+    assert traj.log_pf.dtype == torch.float32
+
+    grid = GridSampler(4, (2, 2), channels=8)
+    vae = DiscreteVAE(Decoder(4, (2, 2), (8, 8), 8, 8, 1), UniformPrior(4, (2, 2)))
+    hooks = use_precision("bf16", cpu, image_networks(SimpleNamespace(
+        modules={"model": vae, "sampler": grid})))
+    images = torch.randint(0, 2, (3, 8, 8)).float()
+    traj = grid.sample(images, 2)
+    log_joint = vae.log_joint_grouped(images, traj.z.codes, 2)
+    assert all(h.calls > 0 for h in hooks[1:4])            # decoder layers
+    assert traj.log_pf.dtype == torch.float32 and log_joint.dtype == torch.float32
