@@ -37,7 +37,7 @@ class Net(torch.nn.Module):
 
 def test_networks_compute_in_bf16_and_hand_back_float32():
     net, other = Net(), torch.nn.Linear(4, 3)
-    assert use_precision("bf16", torch.device("cpu"), [net]) == 1
+    assert len(use_precision("bf16", torch.device("cpu"), [net])) == 1
     out, extra = net(torch.randn(2, 4))
     assert net.seen == torch.bfloat16                      # inside: autocast
     assert out.dtype == torch.float32 and extra["logits"].dtype == torch.float32
@@ -56,7 +56,7 @@ def test_a_forward_that_raises_leaves_autocast_off():
 
 def test_float32_changes_nothing():
     net = Net()
-    assert use_precision("float32", torch.device("cpu"), [net]) == 0
+    assert use_precision("float32", torch.device("cpu"), [net]) == []
     net(torch.randn(2, 4))
     assert net.seen == torch.float32
 
