@@ -6,6 +6,8 @@
   float32/float64 as they do today. Autocast is entered by a forward pre-hook and left by a
   forward hook that also runs when the forward raises (`always_call`), so a NaN check that
   stops a step never leaves autocast on. `float32` (the default) changes nothing.
+* `compile: true` compiles the same networks with `torch.compile` (dynamic shapes: sentence
+  lengths and batch sizes vary). Compiling takes minutes on a CPU, and pays on a GPU.
 * `deterministic: true` asks torch for deterministic kernels everywhere (and cuBLAS for its
   fixed workspace) so that a CUDA run repeats bit for bit, at some speed; a CPU run is
   deterministic already (the fault-injection tests resume bit-exactly), so this is for GPUs.
@@ -76,3 +78,14 @@ def use_deterministic(on: bool) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
+
+
+def use_compile(on: bool, networks: Iterable[torch.nn.Module]) -> int:
+    """torch.compile each network in place (after `use_precision`, so its hooks are inside)."""
+    if not on:
+        return 0
+    count = 0
+    for module in networks:
+        module.compile(dynamic=True)
+        count += 1
+    return count

@@ -39,7 +39,7 @@ from gfnem_cli.engine.files import check_free_space, check_writable_dir, write_t
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
 from gfnem_cli.engine.run_header import header_lines
 from gfnem_cli.engine import distributed
-from gfnem_cli.engine.precision import use_deterministic, use_precision
+from gfnem_cli.engine.precision import use_compile, use_deterministic, use_precision
 from gfnem_cli.engine.scalar_logs import check_logger
 
 LAST, BEST = "last", "best"
@@ -252,6 +252,9 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
     if use_precision(config["train"].get("precision", "float32"), device, networks):
         trainer.header.append(f"precision: bf16 autocast in {len(networks)} networks "
                               "(log-probabilities, rewards and the model's sums in float32)")
+    if use_compile(config["train"].get("compile", False), networks):
+        trainer.header.append(f"torch.compile: {len(networks)} networks (the first steps "
+                              "compile them)")
     if checkpoint is not None:
         trainer.restore(checkpoint)
     else:

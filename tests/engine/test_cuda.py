@@ -26,7 +26,8 @@ CASES = [("synthetic-npcfg.yaml", "corpus", []),
          ("synthetic-npcfg-gfnem.yaml", "corpus", ["--set", "train.precision=bf16",
                                                    "--set", "train.deterministic=true"]),
          ("shapes-dvae-gfnem.yaml", "shapes", []),
-         ("shapes-dvae-gfnem.yaml", "shapes", ["--set", "train.precision=bf16"])]
+         ("shapes-dvae-gfnem.yaml", "shapes", ["--set", "train.precision=bf16"]),
+         ("shapes-dvae-gfnem.yaml", "shapes", ["--set", "train.compile=true"])]
 
 
 @pytest.mark.parametrize("recipe,key,extra", CASES)

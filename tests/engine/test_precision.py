@@ -9,6 +9,7 @@ on CUDA are in tests/engine/test_cuda.py (skipped without a GPU).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -103,3 +104,24 @@ def test_the_families_networks_run_under_autocast_and_log_probs_stay_float32():
     log_joint = vae.log_joint_grouped(images, traj.z.codes, 2)
     assert all(h.calls > 0 for h in hooks[1:4])            # decoder layers
     assert traj.log_pf.dtype == torch.float32 and log_joint.dtype == torch.float32
+
+
+@pytest.mark.skipif(os.environ.get("GFNEM_SLOW_TESTS") != "1",
+                    reason="torch.compile takes minutes on a CPU (1-3 on this one): set "
+                           "GFNEM_SLOW_TESTS=1 to run it")
+def test_compiled_networks_give_the_same_log_probs():
+    from grammars.gflownet.sampler import TreeSampler
+    from grammars.run import networks as tree_networks
+    from gfnem_cli.engine.precision import use_compile
+
+    ids, lengths = torch.randint(1, 7, (2, 5)), torch.tensor([5, 3])
+    torch.manual_seed(0)
+    plain = TreeSampler(7, 3, d_model=16, num_layers=1, num_heads=2)
+    compiled = TreeSampler(7, 3, d_model=16, num_layers=1, num_heads=2)
+    compiled.load_state_dict(plain.state_dict())
+    assert use_compile(True, tree_networks(compiled)) > 0
+    torch.manual_seed(1)
+    a = plain.sample(ids, lengths, num_per_input=2)
+    torch.manual_seed(1)
+    b = compiled.sample(ids, lengths, num_per_input=2)
+    torch.testing.assert_close(a.log_pf, b.log_pf, rtol=1e-4, atol=1e-5)

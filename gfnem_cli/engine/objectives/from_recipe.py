@@ -75,6 +75,7 @@ def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
         # feed (log-probs, rewards, the inside algorithm) in float32 (engine/precision.py)
         "precision": Key("float32", OneOf(*PRECISIONS)),
         "deterministic": Key(False, BOOLEAN),     # deterministic kernels (bit-exact on GPU)
+        "compile": Key(False, BOOLEAN),           # torch.compile the networks (minutes on CPU)
     }
 
 
