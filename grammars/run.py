@@ -152,7 +152,7 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
                              select_maximize=train["select_metric"] in F1_METRICS,
                              show_progress=show_progress, log_every=log_every)
     trainer = Trainer(out, method, schedule, options, config, corpus.manifest["fingerprint"],
-                      items_in=len)
+                      items_in=len, device=dev)
     files = {"vocab.json": (corpus.path / "vocab.json").read_text(encoding="utf-8"),
              "corpus_manifest.json": (corpus.path / "manifest.json").read_text(encoding="utf-8")}
     if (corpus.path / "grammar.json").exists():

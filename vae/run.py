@@ -67,7 +67,8 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
                              checkpoint_every=train["checkpoint_every"],
                              select_metric=SELECT_METRIC, show_progress=show_progress,
                              log_every=log_every)
-    trainer = Trainer(out, method, schedule, options, config, data.fingerprint, items_in=len)
+    trainer = Trainer(out, method, schedule, options, config, data.fingerprint, items_in=len,
+                      device=dev)
     files = {MANIFEST: (data.path / "manifest.json").read_text(encoding="utf-8")}
     saved = saved_config(out) if resume and state.has_checkpoint else None
     height, width = data.image_shape      # the header's data line (engine/run_header.py)

@@ -25,6 +25,8 @@
     importance.py   the importance-sampled log-likelihood estimate in float64 with its error
     recipe_schema.py, config.py   recipe keys with ranges; recipes, --set, saved configs
     files.py        atomic writes; errors.py: GfnemError, the one-line user error
+    transfer.py     batches to a GPU from pinned memory, without waiting
+    precision.py    train.precision (bf16 autocast of the networks), compile, deterministic
     provenance.py   gfnem's version and the source commit (no torch: `gfnem --version`)
     prepared.py     prepared data sets on disk (corpora, image sets): written whole, swapped
                     in atomically, every file checksummed in the manifest and checked on load

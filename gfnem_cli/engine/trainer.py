@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine import distributed
@@ -101,11 +102,14 @@ class _StopFlag:
 class Trainer:
     def __init__(self, run_dir: Path, method: Method, schedule: BatchSchedule,
                  options: TrainerOptions, config: dict, data_fingerprint: str,
-                 items_in=lambda batch: 1):
+                 items_in=lambda batch: 1, device=None):
         self.run_dir = Path(run_dir)
         self.method, self.schedule, self.options = method, schedule, options
         self.config, self.fingerprint = config, data_fingerprint
         self.items_in = items_in
+        # on a GPU each batch goes over once, before its step (`transfer.py`)
+        self.device = device if device is not None and torch.device(device).type == "cuda" \
+            else None
         self.last_path = self.run_dir / "checkpoints" / "last.pt"
         self._loaded_from = self.last_path       # or previous.pt, after a fallback
         self.best_path = self.run_dir / "checkpoints" / "best.pt"
@@ -309,7 +313,10 @@ class Trainer:
                 batch = next(stream)
                 started = time.perf_counter()
                 try:
-                    metrics = self.method.train_step(distributed.shard(batch))
+                    local = distributed.shard(batch)
+                    if self.device is not None:
+                        local = local.to(self.device)
+                    metrics = self.method.train_step(local)
                     in_a_row = 0
                 except NonFiniteLoss:
                     metrics = None

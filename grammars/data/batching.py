@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine.transfer import to_device
+
 
 @dataclass
 class SentenceBatch:
@@ -19,7 +21,10 @@ class SentenceBatch:
     index: torch.Tensor      # (B,) rows of the split, for aligning outputs
 
     def to(self, device) -> "SentenceBatch":
-        return SentenceBatch(self.ids.to(device), self.lengths.to(device), self.index)
+        """On a GPU: pinned, then copied without waiting (the step's first kernels queue
+        behind the copy instead of the host waiting for it)."""
+        return SentenceBatch(to_device(self.ids, device), to_device(self.lengths, device),
+                             self.index)
 
     def __len__(self) -> int:
         return self.lengths.shape[0]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine.transfer import to_device
+
 
 @dataclass
 class ImageBatch:
@@ -18,7 +20,8 @@ class ImageBatch:
     index: torch.Tensor      # (B,) rows of the split, for aligning outputs
 
     def to(self, device) -> "ImageBatch":
-        return ImageBatch(self.images.to(device), self.index)
+        """On a GPU: pinned, then copied without waiting (see the grammar batch's `to`)."""
+        return ImageBatch(to_device(self.images, device), self.index)
 
     def __len__(self) -> int:
         return self.images.shape[0]
