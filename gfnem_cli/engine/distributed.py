@@ -33,6 +33,7 @@ Rank 0 alone writes files and shows progress; the other ranks wait for it at the
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ def join(device: torch.device) -> World:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
+        atexit.register(leave)              # the group closed before the interpreter goes
     _world = World(dist.get_rank(), dist.get_world_size(),
                    int(os.environ.get("LOCAL_RANK", "0") or 0))
     return _world
@@ -108,7 +110,8 @@ def rank_seed(seed: int, rank: int | None = None) -> int:
 
 
 # ------------------------------------------------------------------------ batches
-def shard_rows(count: int, rank: int | None = None, size: int | None = None) -> tuple[list[int], float]:
+def shard_rows(count: int, rank: int | None = None, size: int | None = None
+               ) -> tuple[list[int], float]:
     """(this rank's rows of a global batch of `count` rows, its weight n_r / count)."""
     rank = _world.rank if rank is None else rank
     size = _world.size if size is None else size
