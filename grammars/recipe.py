@@ -21,10 +21,11 @@ KINDS = ("npcfg", "cpcfg", "ncfg")                           # grammars.models.K
 INSIDE = ("ours", "torch-struct")                            # grammars.charts.backends
 OBJECTIVES = OBJECTIVE_NAMES                                 # gfnem_cli.engine.objectives
 MSTEP_LABELS = ("sampled", "summed")                         # training.em_methods.MSTEP_LABELS
+LOCAL_SEARCH_K = ("fixed", "uniform")                       # gflownet.local_search.K_DRAWS
 SELECT_METRICS = ("val_nll_per_token", "val_sentence_f1",    # the NLL (lower is better), or
                   "val_corpus_f1")                           # training.validation_f1.F1_METRICS
 __all__ = ["CONTROL_VARIATES", "DIVERGENCES", "GRAMMAR", "GRAMMAR_DEFAULTS", "GRAMMAR_RANGES",
-           "INSIDE", "KINDS", "METHODS", "MSTEP_LABELS", "OBJECTIVES", "SELECT_METRICS"]
+           "INSIDE", "KINDS", "LOCAL_SEARCH_K", "METHODS", "MSTEP_LABELS", "OBJECTIVES", "SELECT_METRICS"]
 
 LENGTH_CAP = ZeroOr(Integer(lo=2), "no cap")   # a cap of 1 leaves no sentence to train on
 
@@ -69,6 +70,12 @@ GRAMMAR_SCHEMA: dict = {
         "learn_backward": Key(True, BOOLEAN),     # learned P_B (TB/SubTB/DB); divergences
                                                   # need false (uniform)
         **exploration_section(),                  # samples_per_input .. local_search_steps
+        "local_search_k": Key("fixed", OneOf(*LOCAL_SEARCH_K)),  # fixed: k = local_search_steps
+                                    # every round; uniform: each round draws k ~ U{1,
+                                    # local_search_steps} for the batch (the authors' code)
+        "local_search_continue": Key(False, BOOLEAN),  # with em.mstep_reuse_samples, the
+                                    # M-step's rounds continue the E-step's local-search chain
+                                    # (the authors' code: its rounds are one chain)
         "lr_policy": Key(1e-4, LEARNING_RATE),    # encoder, P_F, P_B heads (paper: 1e-4)
         "lr_flows": Key(3e-3, LEARNING_RATE),     # log-flow and log Z heads (paper: 3e-3)
         "betas": Key([0.9, 0.99], BETAS),

@@ -4,6 +4,7 @@ forest.py       the state: a batch of partial forests as tensors, merges, splits
 encoder.py      recursive subtree embeddings and the Transformer over current roots
 policy.py       heads (merge position, label, P_B, log-flow, log Z)
 sampler.py      TreeSampler: batched rollouts -> engine Trajectories, teacher forcing
+back_walk.py    the backward walk with P_B that scores P_F of the way back on the same encodings
 local_search.py back-and-forth Metropolis–Hastings refinement of sampled trees
 """
 from grammars.gflownet.forest import Forest

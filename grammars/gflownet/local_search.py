@@ -25,8 +25,12 @@ import torch
 
 from gfnem_cli.engine.trajectories import Trajectories
 from grammars.binary_trees import BinaryTrees
+from grammars.gflownet.back_walk import walk_back
 from grammars.gflownet.forest import read_slots
 from grammars.gflownet.sampler import TreeSampler, reverse_steps
+
+
+K_DRAWS = ("fixed", "uniform")
 
 
 @dataclass
@@ -47,7 +51,8 @@ def local_search(sampler: TreeSampler, ids: torch.Tensor, lengths: torch.Tensor,
                  trajectories: Trajectories | BinaryTrees, reward, k: int = 2, rounds: int = 1,
                  temperature: float = 1.0, epsilon: float = 0.0, rescore: bool = True,
                  need_flows: bool = False, greedy: bool = False,
-                 generator: torch.Generator | None = None) -> LocalSearchResult:
+                 generator: torch.Generator | None = None, k_draw: str = "fixed",
+                 log_reward: torch.Tensor | None = None) -> LocalSearchResult:
     """Refine B·N trees with `rounds` rounds of k-step back-and-forth MH moves.
 
     ids (B, n), lengths (B,); `trajectories` from `sampler.sample` (its z and log_reward are
@@ -56,13 +61,18 @@ def local_search(sampler: TreeSampler, ids: torch.Tensor, lengths: torch.Tensor,
     it does not preserve the posterior). With `rescore`, the final trees are teacher-forced
     through the sampler, nodes in width order (gradients follow the caller's grad mode) and
     returned as Trajectories with on_policy=False and no behaviour_log_pf.
+    `k_draw`: "fixed" walks k steps every round; "uniform" draws one k' ~ U{1, k} per round
+    for the whole batch (the authors' code draws k per round). `log_reward`: log R of given
+    BinaryTrees, when the caller has it.
     """
     if k < 0 or rounds < 0:
         raise ValueError("k and rounds must be non-negative")
+    if k_draw not in K_DRAWS:
+        raise ValueError(f"k_draw must be one of {K_DRAWS}, got {k_draw!r}")
     if isinstance(trajectories, Trajectories):
         trees, log_r = trajectories.z, trajectories.log_reward
     else:
-        trees, log_r = trajectories, None
+        trees, log_r = trajectories, log_reward
     ids_rows, len_rows, b, n_per = sampler.expand_rows(ids, lengths, len(trees))
     with torch.no_grad():
         if log_r is None:
@@ -70,8 +80,9 @@ def local_search(sampler: TreeSampler, ids: torch.Tensor, lengths: torch.Tensor,
         log_r = log_r.detach()
         moves = torch.zeros(len_rows.shape[0], dtype=torch.long, device=len_rows.device)
         proposed = accepted_total = 0
-        steps = (len_rows - 1).clamp(min=0).clamp(max=k)
+        longest = (len_rows - 1).clamp(min=0)
         for _ in range(rounds if k > 0 else 0):
+            steps = longest.clamp(max=_round_k(k, k_draw, generator))
             trees, log_r, accept = _round(sampler, ids_rows, len_rows, trees, log_r, reward,
                                           steps, temperature, epsilon, greedy, generator)
             moves += accept.long()
@@ -89,25 +100,38 @@ def local_search(sampler: TreeSampler, ids: torch.Tensor, lengths: torch.Tensor,
                              accepted=moves, trajectories=out)
 
 
+def _round_k(k: int, k_draw: str, generator) -> int:
+    """This round's k: fixed, or drawn on the host RNG (a generator's own when one is given)."""
+    if k_draw == "fixed" or k == 1:
+        return k
+    if generator is not None and generator.device.type != "cpu":
+        return int(torch.randint(1, k + 1, (1,), generator=generator,
+                                 device=generator.device).item())
+    return int(torch.randint(1, k + 1, (1,), generator=generator).item())
+
+
 def _round(sampler: TreeSampler, ids, lengths, trees: BinaryTrees, log_r, reward,
            steps: torch.Tensor, temperature: float, epsilon: float, greedy: bool, generator):
-    """One batched MH move; returns (trees, log R, accepted mask)."""
+    """One batched MH move; returns (trees, log R, accepted mask).
+
+    The walk back scores q(s→x) on the encodings P_B needs anyway, and the proposal starts
+    from the walk's last encoding: 2k-1 encoder calls a round (x itself, one root, is never
+    encoded). x is rebuilt from s by replaying the splits, without the encoder."""
     forest, emb = sampler.state_from_trees(ids, lengths, trees, order="width", embed=True)
-    forest, splits, _ = sampler.sample_backward(forest, emb, steps, generator)
-    forest, source = forest.compact()
+    walk = walk_back(sampler, forest, emb, steps, generator, forward=True,
+                     temperature=temperature, epsilon=epsilon)
+    forest, source = walk.forest.compact()
     emb = read_slots(emb, source)
-    # back to x by re-merging the split nodes in reverse order, then a fresh proposal x'
-    old = sampler._run(forest, emb, forced=reverse_steps(splits, steps),
-                       temperature=temperature, epsilon=epsilon)
-    new = sampler._run(forest, emb, temperature=temperature, epsilon=epsilon, generator=generator)
-    x_old, x_new = old.forest.trees(), new.forest.trees()
+    new = sampler._run(forest, emb, temperature=temperature, epsilon=epsilon,
+                       generator=generator, enc=walk.enc)
+    x_old = sampler._replay(forest, emb, reverse_steps(walk.splits, steps), embed=False)[0].trees()
+    x_new = new.forest.trees()
     log_r_new = reward.log_joint(ids, lengths, x_new).detach()
     if greedy:
         accept = log_r_new >= log_r
     else:
-        log_alpha = (log_r_new - log_r
-                     + new.log_pb.sum(1) + old.behaviour_log_pf.sum(1)
-                     - new.behaviour_log_pf.sum(1) - old.log_pb.sum(1))
+        log_alpha = (log_r_new - log_r + new.log_pb.sum(1) + walk.log_q
+                     - new.behaviour_log_pf.sum(1) - walk.log_pb)
         u = torch.rand(log_alpha.shape, device=log_alpha.device, generator=generator)
         accept = torch.log(u) < log_alpha
     accept = accept & (steps > 0)

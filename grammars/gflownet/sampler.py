@@ -28,6 +28,7 @@ from torch import nn
 from gfnem_cli.engine.behaviour import choose
 from gfnem_cli.engine.trajectories import Trajectories
 from grammars.binary_trees import BinaryTrees
+from grammars.gflownet.back_walk import walk_back
 from grammars.gflownet.encoder import ForestEncoder, SubtreeEmbedder
 from grammars.gflownet.forest import Forest, read_slots, write_slots
 from grammars.gflownet.policy import PolicyHeads
@@ -107,9 +108,17 @@ class TreeSampler(nn.Module):
     def log_prob_of(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
                     order: str = "sample_backward",
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log_pf, log_pb) of one trajectory ending in each tree (see `score` for `order`)."""
-        tr = self.score(ids, lengths, trees, order=order, generator=generator)
-        return tr.log_pf, tr.log_pb
+        """(log_pf, log_pb) of one trajectory ending in each tree (see `score` for `order`).
+
+        "sample_backward" walks back from each tree with P_B and scores P_F on the same
+        encodings, in one pass (gradients follow the caller's grad mode)."""
+        if order != "sample_backward":
+            tr = self.score(ids, lengths, trees, order=order, generator=generator)
+            return tr.log_pf, tr.log_pb
+        ids_rows, len_rows, _, _ = self.expand_rows(ids, lengths, len(trees))
+        forest, emb = self.state_from_trees(ids_rows, len_rows, trees, order="width")
+        walk = walk_back(self, forest, emb, (len_rows - 1).clamp(min=0), generator, forward=True)
+        return walk.log_pf, walk.log_pb
 
     # ============================================================================== states
     def initial_state(self, ids: torch.Tensor, lengths: torch.Tensor
@@ -158,31 +167,10 @@ class TreeSampler(nn.Module):
 
         Returns the forest reached (dead nodes not yet compacted), the split nodes
         (M, K, 3) as (start, end, label) in backward order (-1 past a row's steps), and
-        Σ log P_B of the splits taken.
+        Σ log P_B of the splits taken (`back_walk.walk_back` also scores the way back).
         """
-        m = forest.num_roots.shape[0]
-        k = int(num_steps.max().item()) if m else 0
-        r0 = int(forest.num_roots.max().item()) if m else 1
-        big_l = forest.max_len
-        splits, total = [], torch.zeros(m, dtype=emb.dtype, device=emb.device)
-        for j in range(k):
-            active = (j < num_steps) & (forest.num_splittable() > 0)
-            r = min(big_l, r0 + j)
-            if self.learn_backward:
-                h, _, _ = self._encode(forest, emb, r)
-                logits = self.heads.backward_logits(h)
-            else:
-                logits = torch.zeros(m, r, dtype=emb.dtype, device=emb.device)
-            pos, log_p, _ = choose(logits, forest.split_mask()[:, :r], generator=generator)
-            slot = forest.roots.gather(1, pos[:, None])
-            node = torch.stack([read_slots(forest.start, slot), read_slots(forest.end, slot),
-                                read_slots(forest.label, slot)], -1).squeeze(1)
-            splits.append(torch.where(active[:, None], node, -1))
-            total = total + torch.where(active, log_p, 0.0)
-            forest = forest.split(pos, active)
-        out = torch.stack(splits, 1) if splits else torch.full((m, 0, 3), -1, device=emb.device,
-                                                                dtype=torch.long)
-        return forest, out, total
+        walk = walk_back(self, forest, emb, num_steps, generator)
+        return walk.forest, walk.splits, walk.log_pb
 
     # =========================================================================== rollouts
     def _encode(self, forest: Forest, emb: torch.Tensor, r: int):
@@ -193,10 +181,12 @@ class TreeSampler(nn.Module):
 
     def _run(self, forest: Forest, emb: torch.Tensor, forced: torch.Tensor | None = None,
              temperature: float = 1.0, epsilon: float = 0.0, want_log_z: bool = False,
-             want_flows: bool = False, generator: torch.Generator | None = None) -> Rollout:
+             want_flows: bool = False, generator: torch.Generator | None = None,
+             enc: tuple | None = None) -> Rollout:
         """Advance every row from its state to a single root, sampling or teacher-forced.
 
-        forced (M, ≥T, 3): the node built at each step, as from `node_order`.
+        forced (M, ≥T, 3): the node built at each step, as from `node_order`. `enc`: the
+        state's encoding when the caller has it already (a backward walk ending there).
         """
         m = forest.num_roots.shape[0]
         dev, dtype = emb.device, emb.dtype
@@ -205,7 +195,8 @@ class TreeSampler(nn.Module):
         lpf, lq, lpb, masks, flows = [], [], [], [], []
         log_z, prev_pos = None, None
         bad = torch.zeros(m, dtype=torch.bool, device=dev)
-        enc = self._encode(forest, emb, r0) if (steps > 0 or want_log_z) else None
+        if enc is None or enc[0].shape[1] != r0:
+            enc = self._encode(forest, emb, r0) if (steps > 0 or want_log_z) else None
         if want_log_z:
             log_z = self.heads.log_z(*enc)
         for t in range(steps):

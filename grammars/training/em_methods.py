@@ -134,7 +134,8 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
     sampler = None
     if method == "gfnem":
         sampler = build_sampler(config, model.vocab_size, model.num_nonterminals).to(device)
-        family = family_class(model, sampler, device, dream_len)
+        family = family_class(model, sampler, device, dream_len, s["local_search_k"],
+                              s["local_search_continue"])
         objective, need_flows = objective_from_config(config, s["learn_backward"])
         if em["importance_weighted"] and em["mstep_local_search_rounds"] > 0:
             raise GfnemError("em.importance_weighted needs the proposal density of the M-step "

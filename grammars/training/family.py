@@ -30,9 +30,12 @@ class GrammarFamily:
 
     nll_unit = "token"            # `CountsUnits`: one `</s>` per sentence counted (DESIGN §6)
 
-    def __init__(self, model, sampler, device, dream_max_length: int = 20):
+    def __init__(self, model, sampler, device, dream_max_length: int = 20,
+                 local_search_k: str = "fixed", local_search_continue: bool = False):
         self.model, self.sampler, self.device = model, sampler, device
         self.dream_max_length = dream_max_length
+        self.local_search_k, self.local_search_continue = local_search_k, local_search_continue
+        self._chain = None     # (E-step trajectories, their refined trees, log R) of this step
 
     def batch_size(self, batch) -> int:
         return len(batch)
@@ -53,13 +56,22 @@ class GrammarFamily:
 
     def refine(self, batch, traj, exploration: Exploration, rounds: int, rescore: bool,
                need_flows: bool) -> Refined:
+        """With `local_search_continue`, M-step rounds on the E-step's own trajectories
+        (em.mstep_reuse_samples) start where the E-step's round left its chain."""
         ids, lengths = inputs(batch, self.device)
+        start, log_r = traj, None
+        chain, self._chain = self._chain, None
+        if not rescore and chain is not None and chain[0] is traj:
+            start, log_r = chain[1], chain[2]
         with frozen_tables(self.model):      # θ is fixed during the E-step: score cheaply
-            result = local_search(self.sampler, ids, lengths, traj, self.model,
+            result = local_search(self.sampler, ids, lengths, start, self.model,
                                   k=exploration.local_search_steps, rounds=rounds,
                                   temperature=exploration.temperature,
                                   epsilon=exploration.epsilon, rescore=rescore,
-                                  need_flows=need_flows)
+                                  need_flows=need_flows, k_draw=self.local_search_k,
+                                  log_reward=log_r)
+        if rescore and self.local_search_continue:
+            self._chain = (traj, result.trees, result.log_reward)
         return Refined(result.trees, result.log_reward, result.acceptance_rate,
                        result.trajectories)
 
@@ -75,7 +87,8 @@ class GrammarFamily:
 
     def log_pf_of(self, x, z) -> torch.Tensor:
         ids, lengths = x
-        return self.sampler.score(ids, lengths, z, order="sample_backward").log_pf
+        # one pass: the walk back with P_B scores P_F on the same encodings, with gradients
+        return self.sampler.log_prob_of(ids, lengths, z, order="sample_backward")[0]
 
 
 class SummedLabelsFamily(GrammarFamily):

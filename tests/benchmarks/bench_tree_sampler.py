@@ -47,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 harness.set_thread_env(harness.threads_from_argv())
-if str(harness.REPO) not in sys.path:
-    sys.path.insert(0, str(harness.REPO))
+CODE = Path(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--code=")),
+                 harness.REPO)).resolve()      # the checkout whose code a worker imports
+sys.path.insert(0, str(CODE))
 
 import torch  # noqa: E402
 
@@ -196,6 +197,10 @@ def bench_device(args, device: torch.device) -> dict:
 
 
 def main(argv=None) -> list[dict]:
+    if any(a.startswith("--code=") or a in ("--breakdown", "--worker") for a in
+           (argv or sys.argv[1:])):
+        import em_breakdown
+        return em_breakdown.main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", action="append", help="cpu, cuda, cuda:1 ... (repeatable; "
                    "default: cpu, plus cuda when available)")

@@ -287,7 +287,11 @@ def test_recipes_resolve_and_say_what_they_reproduce(name):
         assert (s["lr_policy"], s["lr_flows"], s["temperature"]) == (1e-4, 3e-3, 1.1)
         expected = (7.0, 3.5) if config["model"]["kind"] == "ncfg" else (6.0, 3.0)
         assert (em["threshold_max"], em["threshold_min"]) == expected
-        assert em["threshold_horizon"] == 10000 and em["mstep_local_search_rounds"] == 10
+        assert em["threshold_horizon"] == 10000
+        # 10 local-search rounds in all, one chain (the authors' --mcmc_steps 10), k per round
+        assert s["local_search_rounds"] + em["mstep_local_search_rounds"] == 10
+        assert s["local_search_continue"] and em["mstep_reuse_samples"]
+        assert s["local_search_k"] == "uniform" and config["objective"]["name"] == "subtb"
 
 
 @pytest.mark.parametrize("name", ["synthetic-npcfg-gfnem", "synthetic-ncfg-gfnem"])
