@@ -4,6 +4,9 @@
                            helpers they are read through (lengths, masked emissions, shared rules)
     semirings.py           batched log, max-plus and sampling contractions
     inside.py              the inside algorithm (log semiring, GEMM-shaped) and span marginals
+    scaled_chart.py        its forward recursion over the scaled chart, one step per width
+    outside.py             its backward: the outside pass, by hand
+    allocator.py           glibc thresholds that keep freed chart memory mapped between passes
     topdown.py             reading trees off a chart top-down, shared by the decoders
     viterbi.py             the best labeled tree (max-plus)
     mbr.py                 the tree maximizing expected correct spans (CKY over marginals)

@@ -20,8 +20,9 @@ vectorized step per span width (a Python loop over widths only). Why it is fast 
 * Two chart layouts, by (start, width) and by (end, n - width), make the children of every
   split of one width a single strided slice, so a width costs O(1) tensor ops.
 * A hand-written outside pass is the backward (reverse-mode of the same linear recursion,
-  the inside-outside algorithm of Baker 1979): no autograd graph over the chart, memory
-  O(B n² NT + B n NT (NT + T)). Shifts and normalizers are constants of the recursion (the
+  the inside-outside algorithm of Baker 1979; outside.py): no autograd graph over the chart,
+  memory O(B n² NT² + B n NT (NT + T)), the NT² term the NT·NT outer sums the forward keeps so
+  that the backward does not rebuild them (81 MB at B=32, n=40, NT=30, float32). Shifts and normalizers are constants of the recursion (the
   value does not depend on them), so the gradient is exact; the only differentiable log is
   at the root, guarded against log(0).
 
@@ -32,12 +33,13 @@ to -inf. Training code should drop 1-word sentences, as Kim et al. do.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch.autograd.function import once_differentiable
 
+from grammars.charts.allocator import retain_freed_memory
+from grammars.charts.outside import outside
 from grammars.charts.pcfg_params import PCFGParams, check_lengths, masked_terms, shared_rules
+from grammars.charts.scaled_chart import chart_forward
 
 
 def log_partition(params: PCFGParams) -> torch.Tensor:
@@ -76,10 +78,11 @@ def inside_chart(params: PCFGParams) -> tuple[torch.Tensor, torch.Tensor]:
     """(log Z (B,), chart (B, n, n+1, NT)) with chart[b, i, j, A] = log β_A(i, j), the log
     inside score of A over words i..j-1; -inf for widths < 2 and cells ending past the
     sentence. Gradient-free; for top-down samplers."""
+    retain_freed_memory()
     with torch.no_grad():
         lengths = check_lengths(params)
         et, mt, P, rshift = _scaled_inputs(params, lengths)
-        ch = _chart_forward(et, mt, P, rshift, None, params.num_nonterminals)
+        ch = chart_forward(et, mt, P, rshift, None, params.num_nonterminals)
         log_z = _root(params, lengths, ch.CL, ch.ML)
         B, n, NT = params.batch_size, params.max_length, params.num_nonterminals
         chart = torch.full((B, n, n + 1, NT), float("-inf"), dtype=et.dtype, device=et.device)
@@ -101,6 +104,7 @@ def finite_shift(x: torch.Tensor, dims) -> torch.Tensor:
 # implementation
 
 def _log_partition(params: PCFGParams, phi: torch.Tensor | None) -> torch.Tensor:
+    retain_freed_memory()
     lengths = check_lengths(params)
     et, mt, P, rshift = _scaled_inputs(params, lengths)
     e_top, m_top = _ScaledInside.apply(et, mt, P, rshift, phi, lengths, params.num_nonterminals)
@@ -143,164 +147,18 @@ def _root(params, lengths, CL, ML):
     return torch.where(lengths >= 2, log_z, torch.full_like(log_z, float("-inf")))
 
 
-class _Chart(NamedTuple):
-    CL: torch.Tensor   # (B, n, n+1, NT)  E of cell (i, i+w) at [i, w]
-    CR: torch.Tensor   # (B, n+1, n+1, NT) E of cell (j-w, j) at [j, n-w]
-    ML: torch.Tensor   # (B, n, n+1)      log-scale m, same layouts
-    MR: torch.Tensor   # (B, n+1, n+1)
-    SC: torch.Tensor   # (B, n, n+1)      per-cell normalizer s (E = Y / s)
-    U: torch.Tensor    # (n, B, NT, NT)   left leaf at i:  Σ_t e_i[t] P[A,t,C]
-    V: torch.Tensor    # (n, B, NT, NT)   right leaf at j: Σ_u P[A,B,u] e_j[u]
-    W: torch.Tensor    # (n, B, NT, T)    right leaf of a width-2 span: Σ_u P[A,t,u] e_j[u]
-    # (position-major, so the rows of one width are a contiguous block for batched matvecs)
-    w_leaf: tuple      # the three (…, T, ·) rule matrices U, V, W were made from
-    nn_w: torch.Tensor  # (…, NT·NT, NT)   NT·NT rule block as a GEMM operand
-    RU: torch.Tensor   # (n, B, n+1, NT) right child of the k=1 split, scaled: [i, :, w]
-    LV: torch.Tensor   # (n, B, n+1, NT) left child of the k=w-1 split, scaled: [j, :, w]
-    scales: list       # per width w >= 3: exp(first - M), exp(last - M), exp(mid - M) or None
-
-
-def _split_rules(P: torch.Tensor, NT: int):
-    """The four CNF blocks of P laid out as GEMM operands."""
-    T = P.shape[-1] - NT
-    lead = P.shape[:-3]
-    w_tn = P[..., NT:, :NT].movedim(-2, -3).reshape(*lead, T, NT * NT)   # [t, (A, C)]
-    w_nt = P[..., :NT, NT:].movedim(-1, -3).reshape(*lead, T, NT * NT)   # [u, (A, B)]
-    w_tt = P[..., NT:, NT:].movedim(-1, -3).reshape(*lead, T, NT * T)    # [u, (A, t)]
-    nn_w = P[..., :NT, :NT].reshape(*lead, NT, NT * NT).transpose(-1, -2)  # [(B, C), A]
-    return (w_tn, w_nt, w_tt), nn_w
-
-
-def _splits(ML, MR, mt, rshift, w, n):
-    """Per-(span, split) log-scales of width w (children's scales + the rule block's shift)
-    and their common max M per span (all detached)."""
-    Pw = n - w + 1
-    if w == 2:
-        return None, None, None, mt[:, :Pw] + mt[:, 1:] + rshift[:, 3:4]
-    first = mt[:, :Pw] + ML[:, 1:1 + Pw, w - 1] + rshift[:, 2:3]      # k = 1: leaf · NT
-    last = ML[:, :Pw, w - 1] + mt[:, w - 1:] + rshift[:, 1:2]         # k = w-1: NT · leaf
-    M = torch.maximum(first, last)
-    mid = None
-    if w >= 4:                                                         # k = 2..w-2: NT · NT
-        mid = ML[:, :Pw, 2:w - 1] + MR[:, w:, n - w + 2:n - 1] + rshift[:, 0:1, None]
-        M = torch.maximum(M, mid.amax(-1))
-    return first, last, mid, M
-
-
-def _nn_contract(X, nn_w):
-    """Σ_{B,C} X[b,p,B,C] P[A,B,C] -> (B, Pw, NT); one GEMM when the grammar is shared, taken
-    as (NT x NT²) @ (NT² x B·Pw): that orientation runs ~1.7x faster in MKL at these sizes."""
-    B, Pw, NT, _ = X.shape
-    if nn_w.dim() == 2:
-        return (nn_w.T @ X.reshape(B * Pw, NT * NT).T).T.reshape(B, Pw, -1)
-    return X.reshape(B, Pw, NT * NT) @ nn_w
-
-
-def _leaf_tables(et, w_leaf, NT):
-    """U, V, W position-major (n, B, NT, ·): one GEMM each, no transposed copy when shared."""
-    B, n, _ = et.shape
-    if w_leaf[0].dim() == 2:
-        etp = et.transpose(0, 1).reshape(n * B, -1)
-        return tuple((etp @ wl).view(n, B, NT, -1) for wl in w_leaf)
-    return tuple((et @ wl).transpose(0, 1).contiguous().reshape(n, B, NT, -1) for wl in w_leaf)
-
-
-def _chart_forward(et, mt, P, rshift, phi, NT) -> _Chart:
-    B, n, T = et.shape
-    tiny = torch.finfo(et.dtype).tiny
-    w_leaf, nn_w = _split_rules(P, NT)
-    U, V, W = _leaf_tables(et, w_leaf, NT)
-
-    CL = et.new_zeros(B, n, n + 1, NT)
-    CR = et.new_zeros(B, n + 1, n + 1, NT)
-    ML = et.new_zeros(B, n, n + 1)
-    MR = et.new_zeros(B, n + 1, n + 1)
-    SC = et.new_ones(B, n, n + 1)
-    RU, LV = et.new_zeros(n, B, n + 1, NT), et.new_zeros(n, B, n + 1, NT)
-    scales = [None, None, None]
-    for w in range(2, n + 1):
-        Pw = n - w + 1
-        first, last, mid, M = _splits(ML, MR, mt, rshift, w, n)
-        if w == 2:
-            Y = _matvec(W[1:], et[:, :Pw])
-        else:
-            a_first, a_last = torch.exp(first - M), torch.exp(last - M)
-            a_mid = None if mid is None else torch.exp(mid - M[..., None])
-            scales.append((a_first, a_last, a_mid))
-            # the scaled leaf-split children, written once where the backward reads them
-            right, left = RU[:Pw, :, w], LV[w - 1:, :, w]                # (Pw, B, NT) views
-            torch.mul(CL[:, 1:1 + Pw, w - 1].transpose(0, 1), a_first.t()[..., None],
-                      out=right)
-            torch.mul(CL[:, :Pw, w - 1].transpose(0, 1), a_last.t()[..., None], out=left)
-            # matvecs as (1 x NT) @ (NT x NT)ᵀ: MKL's batched GEMM is ~7x faster that way
-            # round than as (NT x NT) @ (NT x 1) at these sizes
-            Yp = torch.bmm(right.reshape(Pw * B, 1, NT), _t(U[:Pw]))
-            Yp = torch.baddbmm(Yp, left.reshape(Pw * B, 1, NT), _t(V[w - 1:]))
-            Y = Yp.view(Pw, B, NT).transpose(0, 1)
-            if a_mid is not None:
-                lefts = CL[:, :Pw, 2:w - 1] * a_mid[..., None]
-                rights = CR[:, w:, n - w + 2:n - 1]
-                Y = Y + _nn_contract(_outer_sum(lefts, rights), nn_w)
-        if phi is not None:
-            Y = Y * _span_factor(phi, w)
-        s = Y.sum(-1).clamp_min(tiny)
-        E = Y / s[..., None]
-        CL[:, :Pw, w] = E
-        CR[:, w:, n - w] = E
-        m = M + torch.log(s)
-        ML[:, :Pw, w] = m
-        MR[:, w:, n - w] = m
-        SC[:, :Pw, w] = s
-    return _Chart(CL, CR, ML, MR, SC, U, V, W, w_leaf, nn_w, RU, LV, scales)
-
-
-def _t(mats):
-    """(P, B, a, c) position-major matrices as a (P·B, c, a) batch of transposed views."""
-    P, B, a, c = mats.shape
-    return mats.reshape(P * B, a, c).transpose(1, 2)
-
-
-def _matvec(mats, vecs):
-    """y[b,p,a] = Σ_c mats[p,b,a,c] vecs[b,p,c]: position-major matrices, batch-major vectors
-    (computed as row vector @ transposed matrix, the fast orientation of batched GEMM)."""
-    P, B, a, c = mats.shape
-    v = vecs.transpose(0, 1).reshape(P * B, 1, c)
-    return torch.bmm(v, _t(mats)).view(P, B, a).transpose(0, 1)
-
-
-def _outer_sum(lefts, rights):
-    """Σ_k lefts[b,p,k,:] ⊗ rights[b,p,k,:] -> (B, Pw, NT, NT); a broadcast product for k = 1,
-    where a batched GEMM of rank 1 is about 2x slower."""
-    if lefts.shape[2] == 1:
-        return lefts[:, :, 0, :, None] * rights[:, :, 0, None, :]
-    return lefts.transpose(-1, -2) @ rights
-
-
-def _vecmat(vecs, mats):
-    """y[b,p,c] = Σ_a vecs[b,p,a] mats[p,b,a,c]."""
-    return (vecs.transpose(0, 1)[..., None, :] @ mats).squeeze(-2).transpose(0, 1)
-
-
-def _span_factor(phi, w):
-    """exp(φ) on the cells of width w, broadcastable against (B, n-w+1, NT)."""
-    n = phi.shape[1]
-    p = torch.arange(n - w + 1, device=phi.device)
-    f = torch.exp(phi[:, p, p + w])
-    return f if f.dim() == 3 else f[..., None]
-
-
 class _ScaledInside(torch.autograd.Function):
-    """Scaled inside chart forward; the outside pass (reverse-mode of the same recursion) as
+    """Scaled inside chart forward (scaled_chart.py); the outside pass (outside.py) as
     backward. Returns the root cell of each sentence, E (B, NT) and its log-scale m (B,)."""
 
     @staticmethod
     def forward(ctx, et, mt, P, rshift, phi, lengths, NT):
-        ch = _chart_forward(et, mt, P, rshift, phi, NT)
+        ch = chart_forward(et, mt, P, rshift, phi, NT)
         rows = torch.arange(et.shape[0], device=et.device)
-        ctx.save_for_backward(et, mt, rshift, phi, lengths, ch.CL, ch.CR, ch.ML, ch.MR, ch.SC,
-                              ch.U, ch.V, ch.W, ch.RU, ch.LV, *ch.w_leaf, ch.nn_w)
+        ctx.save_for_backward(et, phi, lengths, ch.CL, ch.CR, ch.SC, ch.U, ch.V, ch.W, ch.RU,
+                              ch.LV, *ch.w_leaf, ch.nn_w)
         ctx.NT = NT
-        ctx.scales = ch.scales          # small (B, n-w+1[, w-3]) factors, never modified
+        ctx.scales = ch.scales          # per-width factors and outer sums, never modified
         m_top = ch.ML[rows, 0, lengths]
         ctx.mark_non_differentiable(m_top)
         return ch.CL[rows, 0, lengths], m_top
@@ -308,83 +166,6 @@ class _ScaledInside(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_top, _g_m):
-        et, mt, rshift, phi, lengths, CL, CR, ML, MR, SC, U, V, W, ru, lv, *w_leaf, nn_w = \
-            ctx.saved_tensors
-        NT = ctx.NT
-        B, n, T = et.shape
-        rows = torch.arange(B, device=et.device)
-
-        GL = torch.zeros_like(CL)          # ∂/∂E of each cell, by (start, width)
-        GR = torch.zeros_like(CR)          # ... and by (end, n - width); summed per width
-        GL[rows, 0, lengths] = g_top
-        # Leaf-table gradients are sums over widths of outer products, e.g.
-        # ∂U[i,b] = Σ_w Ȳ_w[b,i] ⊗ right_w[b,i]: collect both factors per width, one bmm at
-        # the end.
-        # (the right/left factors were written by the forward pass: ru, lv)
-        yu, yv = et.new_zeros(n, B, n + 1, NT), et.new_zeros(n, B, n + 1, NT)
-        gW = torch.empty_like(W) if n >= 2 else torch.zeros_like(W)   # filled at width 2
-        g_et = torch.zeros_like(et)
-        g_nn = torch.zeros_like(nn_w)
-        g_nn_t = g_nn.transpose(-1, -2)    # accumulated as (NT, NT²): the faster GEMM round
-        g_phi = torch.zeros_like(phi) if phi is not None and ctx.needs_input_grad[4] else None
-        for w in range(n, 1, -1):
-            Pw = n - w + 1
-            gE = GL[:, :Pw, w] + GR[:, w:, n - w]
-            Y_bar = gE / SC[:, :Pw, w, None]
-            if phi is not None:
-                if g_phi is not None:
-                    p = torch.arange(Pw, device=et.device)
-                    contrib = gE * CL[:, :Pw, w]                  # Ȳ·Y = Ē·E
-                    g_phi[:, p, p + w] = contrib if phi.dim() == 4 else contrib.sum(-1)
-                Y_bar = Y_bar * _span_factor(phi, w)
-            if w == 2:
-                gW[0].zero_()
-                torch.mul(Y_bar.transpose(0, 1)[..., None], et.transpose(0, 1)[:Pw, :, None, :],
-                          out=gW[1:])
-                g_et[:, :Pw] += _vecmat(Y_bar, W[1:])
-                continue
-            a_first, a_last, a_mid = ctx.scales[w]
-            yb = yu[:Pw, :, w]                                    # (Pw, B, NT) view
-            yb.copy_(Y_bar.transpose(0, 1))
-            yv[w - 1:, :, w] = yb
-            yb = yb.reshape(Pw * B, 1, NT)
-            gl = torch.bmm(yb, U[:Pw].reshape(Pw * B, NT, NT)).view(Pw, B, NT).transpose(0, 1)
-            GL[:, 1:1 + Pw, w - 1] += gl * a_first[..., None]
-            gl = torch.bmm(yb, V[w - 1:].reshape(Pw * B, NT, NT)).view(Pw, B, NT)
-            GL[:, :Pw, w - 1] += gl.transpose(0, 1) * a_last[..., None]
-            if a_mid is not None:
-                a_mid = a_mid[..., None]
-                lefts = CL[:, :Pw, 2:w - 1] * a_mid
-                rights = CR[:, w:, n - w + 2:n - 1]
-                X = _outer_sum(lefts, rights)                     # recomputed, (B,Pw,NT,NT)
-                if nn_w.dim() == 2:
-                    g_nn_t += Y_bar.reshape(B * Pw, NT).T @ X.reshape(B * Pw, NT * NT)
-                    X_bar = (Y_bar.reshape(B * Pw, NT) @ nn_w.T).reshape(B, Pw, NT, NT)
-                else:
-                    g_nn += X.reshape(B, Pw, NT * NT).transpose(1, 2) @ Y_bar
-                    X_bar = (Y_bar @ nn_w.transpose(1, 2)).reshape(B, Pw, NT, NT)
-                GL[:, :Pw, 2:w - 1] += (rights @ X_bar.transpose(-1, -2)) * a_mid
-                GR[:, w:, n - w + 2:n - 1] += lefts @ X_bar
-
-        # leaf tables: U = e @ w_tn, V = e @ w_nt, W = e @ w_tt
-        gU = yu.transpose(-1, -2) @ ru                   # (n, B, NT, NT)
-        gV = yv.transpose(-1, -2) @ lv
-        g_leaf = []
-        for G, wl in zip((gU, gV, gW), w_leaf):
-            if wl.dim() == 2:                            # shared grammar: position-major GEMMs
-                G = G.reshape(n * B, -1)
-                g_et += (wl @ G.T).T.reshape(n, B, T).transpose(0, 1)
-                g_leaf.append(et.transpose(0, 1).reshape(n * B, T).T @ G)
-            else:
-                G = G.transpose(0, 1).reshape(B, n, -1)
-                g_et += G @ wl.transpose(-1, -2)
-                g_leaf.append(et.transpose(1, 2) @ G)
-        g_P = None
-        if ctx.needs_input_grad[2]:
-            lead = nn_w.shape[:-2]
-            g_P = torch.zeros(*lead, NT, NT + T, NT + T, dtype=et.dtype, device=et.device)
-            g_P[..., :NT, :NT] = g_nn.transpose(-1, -2).reshape(*lead, NT, NT, NT)
-            g_P[..., NT:, :NT] = g_leaf[0].reshape(*lead, T, NT, NT).movedim(-3, -2)
-            g_P[..., :NT, NT:] = g_leaf[1].reshape(*lead, T, NT, NT).movedim(-3, -1)
-            g_P[..., NT:, NT:] = g_leaf[2].reshape(*lead, T, NT, T).movedim(-3, -1)
+        g_et, g_P, g_phi = outside(ctx.saved_tensors, ctx.scales, ctx.NT, g_top,
+                                   ctx.needs_input_grad[2], ctx.needs_input_grad[4])
         return g_et, None, g_P, None, g_phi, None, None

@@ -44,6 +44,12 @@ class PCFGParams:
         return self.terms.shape[1]
 
 
+def batch_rows(params: PCFGParams, start: int, stop: int) -> PCFGParams:
+    """Sentences start..stop-1 of a batch: for the charts that bound memory by chunking it."""
+    return PCFGParams(params.roots[start:stop], params.rules[start:stop],
+                      params.terms[start:stop], params.lengths[start:stop])
+
+
 def shared_rules(rules: torch.Tensor) -> torch.Tensor | None:
     """The (NT, S, S) table when every row of `rules` is one shared grammar, else None.
 

@@ -16,7 +16,7 @@ import torch
 from grammars.binary_trees import BinaryTrees
 from grammars.charts.topdown import build_trees
 from grammars.charts.inside import inside_chart
-from grammars.charts.pcfg_params import masked_terms, shared_rules
+from grammars.charts.pcfg_params import batch_rows, masked_terms, shared_rules
 from grammars.charts.pcfg_params import PCFGParams
 from grammars.charts.semirings import sample_categorical, scaled_matmul
 
@@ -33,20 +33,15 @@ def sample_posterior(params: PCFGParams, num_samples: int,
     """
     B, n, NT, T = params.batch_size, params.max_length, params.num_nonterminals, \
         params.num_preterminals
-    per_sentence = max(1, n * (n + 1) * NT * (NT + T))
+    per_sentence = max(1, n * (n + 1) // 2 * NT * (NT + T))
     chunk = max(1, TABLE_BUDGET // per_sentence)
-    parts = [_sample_chunk(_rows(params, s, min(B, s + chunk)), num_samples, generator)
+    parts = [_sample_chunk(batch_rows(params, s, min(B, s + chunk)), num_samples, generator)
              for s in range(0, B, chunk)]
     if len(parts) == 1:
         return parts[0]
     return BinaryTrees(spans=torch.cat([p.spans for p in parts]),
                        labels=torch.cat([p.labels for p in parts]),
                        lengths=torch.cat([p.lengths for p in parts]))
-
-
-def _rows(params: PCFGParams, start: int, stop: int) -> PCFGParams:
-    return PCFGParams(params.roots[start:stop], params.rules[start:stop],
-                      params.terms[start:stop], params.lengths[start:stop])
 
 
 def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
@@ -69,15 +64,28 @@ def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
     ext[..., :NT] = chart
     pos = torch.arange(n, device=device)
     ext[:, pos, pos + 1, NT:] = terms
-    # G[b, i, j, A, s] = log Σ_C p(A -> s C) β_C(i, j), for every possible right child [i, j),
-    # kept as G = log(Gp) + g_cell[b, i, j] + g_rule[A, s]: logs are taken only of what is read
+    # G[b, cell, A, s] = log Σ_C p(A -> s C) β_C(cell), for every possible right child, packed
+    # into the rows of one table: the cells of width ≥ 2 of every sentence, then its leaves
+    # (`row(b, i, j)`). Kept as G = log(Gp) + g_cell[row] + g_rule[kind, A, s]: logs are taken
+    # only of what is read
+    ii, jj = torch.triu_indices(n, n + 1, offset=2, device=device)
+    mids = len(ii)
+    cell = torch.zeros(n, n + 1, dtype=torch.long, device=device)
+    cell[ii, jj] = torch.arange(mids, device=device)
+    cell[pos, pos + 1] = B * mids + pos                   # leaves: after every sentence's mids
+    stride = torch.zeros(n, n + 1, dtype=torch.long, device=device)
+    stride[ii, jj] = mids
+    stride[pos, pos + 1] = n
+
+    def row(b, i, j):
+        return cell[i, j] + b * stride[i, j]
+
     rule_by_c = R.permute(0, 3, 1, 2)                                  # [C, A, s]
-    Gp, g_cell, g_rule = scaled_matmul(chart.reshape(B, n * (n + 1), NT),
-                                       rule_by_c[:, :NT].reshape(Bb, NT, NT * S))
-    Gp, g_cell = Gp.view(B, n, n + 1, NT, S), g_cell.view(B, n, n + 1)
-    leaf_p, leaf_cell, leaf_rule = scaled_matmul(terms, rule_by_c[:, NT:].reshape(Bb, T, NT * S))
-    Gp[:, pos, pos + 1] = leaf_p.view(B, n, NT, S)
-    g_cell[:, pos, pos + 1] = leaf_cell
+    Gp = torch.empty(B * (mids + n), NT * S, dtype=dtype, device=device)
+    g_mid, g_rule = _rule_tables(chart[:, ii, jj], rule_by_c[:, :NT], Gp[:B * mids])
+    g_leaf, leaf_rule = _rule_tables(terms, rule_by_c[:, NT:], Gp[B * mids:])
+    Gp = Gp.view(-1, NT, S)
+    g_cell = torch.cat([g_mid.reshape(-1), g_leaf.reshape(-1)])
     g_rule = torch.stack([g_rule.view(Bb, NT, S), leaf_rule.view(Bb, NT, S)], 1)  # by child kind
 
     rows = torch.arange(B, device=device)
@@ -95,8 +103,9 @@ def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
         left = ext[b[:, None], i[:, None], kc]                         # (rows, n-1, S)
         bb = (b % Bb)[:, None]
         right_is_leaf = (j[:, None] - kc == 1).long()
-        right = (torch.log(Gp[b[:, None], kc, j[:, None], a[:, None]])  # (rows, n-1, S)
-                 + g_cell[b[:, None], kc, j[:, None], None]
+        right_row = row(b[:, None], kc, j[:, None])
+        right = (torch.log(Gp[right_row, a[:, None]])                     # (rows, n-1, S)
+                 + g_cell[right_row, None]
                  + g_rule[bb, right_is_leaf, a[:, None]])
         logits = torch.where(ok[..., None], left + right, torch.full_like(left, float("-inf")))
         flat = sample_categorical(logits.reshape(len(r), -1), generator)
@@ -108,3 +117,18 @@ def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
     trees = build_trees(lengths.repeat_interleave(N), root_labels, choose, n)
     trees.preterminals = None
     return trees
+
+
+def _rule_tables(x: torch.Tensor, rule_by_c: torch.Tensor, out: torch.Tensor):
+    """scaled_matmul of x (B, cells, C) with the rules (1 or B, C, NT, S) over the child C,
+    written into out (B·cells, NT·S); returns (g_cell (B, cells), g_rule (1 or B, NT·S)). With
+    one grammar for the batch it is a single GEMM over every cell of every sentence (a
+    broadcast batched matmul in float64 ran ~3x slower, issue 17)."""
+    B, cells, C = x.shape
+    Bb = rule_by_c.shape[0]
+    w = rule_by_c.reshape(Bb, C, -1)
+    if Bb == 1:
+        _, g_cell, g_rule = scaled_matmul(x.reshape(B * cells, C), w[0], out=out)
+        return g_cell.view(B, cells), g_rule[None]
+    _, g_cell, g_rule = scaled_matmul(x, w, out=out.view(B, cells, -1))
+    return g_cell, g_rule

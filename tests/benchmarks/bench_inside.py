@@ -17,12 +17,15 @@ Method (the shared protocol of `harness.py`)
   cores in use.
 * Memory: peak RSS (`ru_maxrss`) of a fresh worker that runs only ours, minus its high-water
   mark after set-up; torch-struct's is that of the timing worker (it dominates the peak).
+* Allocator: our passes set glibc's mmap/trim thresholds once (grammars/charts/allocator.py),
+  process-wide, so every candidate of a worker runs under them; GFNEM_MALLOC_TUNING=0 in the
+  environment measures glibc's defaults (the row's `malloc_retained` says which).
 * FLOPs: our GEMM/bmm arithmetic (2 per multiply-add) counted from the algorithm's shapes,
   forward and the hand-written backward; elementwise work is not counted.
 
     python3 tests/benchmarks/bench_inside.py [--quick] [--lengths 20 40] [--repeats 3]
         [--batch 32] [--nonterminals 30] [--preterminals 60] [--threads 1] [--force]
-        [--against REV] [--no-torch-struct] [--json rows.jsonl]
+        [--against REV] [--no-torch-struct] [--decoders] [--zipf S] [--json rows.jsonl]
 
 --quick (or GFNEM_BENCH_QUICK=1): length 8, batch 8, 3 repeats, seconds in all. Without
 --force, torch-struct at length ≥ 40 is skipped when less than 18 GiB of memory is available.
@@ -30,7 +33,7 @@ Method (the shared protocol of `harness.py`)
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import resource
 import subprocess
@@ -56,14 +59,19 @@ def max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
 
 
-def make_logits(B, n, NT, T, V=10_000, seed=0):
+def make_logits(B, n, NT, T, V=10_000, seed=0, zipf=None):
+    """Random logits; word ids uniform over V, or Zipfian (p ∝ rank^-zipf) like real text."""
     import torch
     g = torch.Generator().manual_seed(seed)
     S = NT + T
     rule_logits = torch.randn(NT, S * S, generator=g).requires_grad_()
     emit_logits = torch.randn(T, V, generator=g).requires_grad_()
     root_logits = torch.randn(NT, generator=g).requires_grad_()
-    ids = torch.randint(V, (B, n), generator=g)
+    if zipf:
+        p = torch.arange(1, V + 1, dtype=torch.float64) ** -zipf
+        ids = torch.multinomial(p, B * n, replacement=True, generator=g).view(B, n)
+    else:
+        ids = torch.randint(V, (B, n), generator=g)
     return rule_logits, emit_logits, root_logits, ids
 
 
@@ -94,13 +102,45 @@ def matmul_call(size=2048):
 
 
 def inside_at(rev: str):
-    """grammars/charts/inside.py as of git revision `rev`, imported as a separate module."""
-    src = subprocess.run(["git", "show", f"{rev}:grammars/charts/inside.py"], cwd=REPO,
-                         text=True, capture_output=True, check=True).stdout
-    spec = importlib.util.spec_from_loader(f"inside_at_{rev}", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    exec(compile(src, f"inside.py@{rev}", "exec"), module.__dict__)
-    return module
+    """grammars/charts/inside.py as of git revision `rev`, with the chart files it imports from
+    that revision too: grammars/charts/ is written to a temporary package whose files'
+    `grammars.charts.` imports are renamed to it, so old and new code share one process."""
+    import re
+    import tempfile
+    pkg = "charts_at_" + re.sub(r"\W", "_", rev)
+    if pkg + ".inside" in sys.modules:
+        return sys.modules[pkg + ".inside"]
+    names = subprocess.run(["git", "ls-tree", "--name-only", rev, "grammars/charts/"], cwd=REPO,
+                           text=True, capture_output=True, check=True).stdout.split()
+    root = Path(tempfile.mkdtemp(prefix="gfnem-rev-"))
+    (root / pkg).mkdir()
+    for name in names:
+        if name.endswith(".py"):
+            src = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=REPO, text=True,
+                                 capture_output=True, check=True).stdout
+            (root / pkg / Path(name).name).write_text(src.replace("grammars.charts.", pkg + "."))
+    sys.path.insert(0, str(root))
+    return importlib.import_module(pkg + ".inside")
+
+
+def decoder_calls(logits, n, NT, T, against=None) -> dict:
+    """Viterbi and 8 exact posterior samples per sentence on the same grammar, gradient-free
+    (what validation F1, `gfnem parse` and `gfnem sample` run); also at --against REV."""
+    import torch
+    from grammars.charts import posterior_sampling, viterbi
+    with torch.no_grad():
+        params = build_params(logits, n, NT, T)
+    mods = {"": (viterbi, posterior_sampling)}
+    if against:
+        pkg = inside_at(against).__name__.rsplit(".", 1)[0]
+        mods["@" + against] = (importlib.import_module(pkg + ".viterbi"),
+                               importlib.import_module(pkg + ".posterior_sampling"))
+    calls = {}
+    for tag, (v, ps) in mods.items():
+        calls["viterbi" + tag] = lambda v=v: v.viterbi(params)
+        calls["sample8" + tag] = lambda ps=ps: ps.sample_posterior(
+            params, 8, torch.Generator().manual_seed(0))
+    return calls
 
 
 def our_flops(B, n, NT, T) -> tuple[float, float]:
@@ -116,17 +156,18 @@ def our_flops(B, n, NT, T) -> tuple[float, float]:
         bwd += 2 * 2 * B * Pw * NT * NT
         if K:
             fwd += 2 * B * Pw * K * NT * NT + 2 * B * Pw * NT ** 3  # Σ_k outer, NT·NT rules
-            bwd += 3 * 2 * B * Pw * K * NT * NT + 2 * 2 * B * Pw * NT ** 3
+            bwd += 2 * 2 * B * Pw * K * NT * NT + 2 * 2 * B * Pw * NT ** 3   # X kept
     return float(fwd), float(bwd)
 
 
 def worker(args) -> dict:
     threads = harness.pin_threads(args.threads)
     from grammars.charts import inside
+    from grammars.charts.allocator import retain_freed_memory
     n, NT, T, B = args.length, args.nonterminals, args.preterminals, args.batch
     out = {"length": n, "batch": B, "nonterminals": NT, "preterminals": T, "mode": args.worker,
            **threads}
-    logits = make_logits(B, n, NT, T)
+    logits = make_logits(B, n, NT, T, zipf=args.zipf)
     out["rss_setup_mib"] = max_rss_mib()
     if args.worker == "memory":
         run = pipeline(inside.log_partition, logits, n, NT, T)
@@ -142,6 +183,8 @@ def worker(args) -> dict:
         warnings.filterwarnings("ignore", message=".*arg_constraints.*")
         from grammars.charts import inside_torch_struct
         fns["torch-struct"] = pipeline(inside_torch_struct.log_partition, logits, n, NT, T)
+    if args.decoders:
+        fns.update(decoder_calls(logits, n, NT, T, args.against))
     fns["matmul2048"] = matmul_call()
     timing = harness.interleaved(fns, args.repeats, warmup=1, cores_in_use=args.threads,
                                  label=f"length {n}")
@@ -149,6 +192,7 @@ def worker(args) -> dict:
     out["ts_rss_peak_mib"] = max_rss_mib()
     fwd, bwd = our_flops(B, n, NT, T)
     out["ours_gflop"] = (fwd + bwd) / 1e9
+    out["malloc_retained"] = retain_freed_memory()
     return out
 
 
@@ -172,6 +216,10 @@ def spawn(args, mode: str, length: int, skip_ts: bool) -> dict:
         cmd.append("--skip-torch-struct")
     if args.against and mode == "time":
         cmd += ["--against", args.against]
+    if args.decoders and mode == "time":
+        cmd.append("--decoders")
+    if args.zipf:
+        cmd += ["--zipf", str(args.zipf)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
                           env=harness.worker_env(args.threads))
     if done.returncode != 0:
@@ -196,6 +244,11 @@ def derive(row: dict) -> dict:
         row["speedup_vs_torch_struct"] = harness.ratio(st, "torch-struct", "ours")
     if row.get("against"):
         row["speedup_vs_against"] = harness.ratio(st, f"ours@{row['against']}", "ours")
+    for name in [k for k in st if k.startswith(("viterbi", "sample8"))]:
+        row[f"{name}_over_nll_pass"] = harness.ratio(st, name, "ours")["speedup_median"]
+        if "@" in name:
+            row[f"{name.split('@')[0]}_speedup_vs_against"] = harness.ratio(
+                st, name, name.split("@")[0])
     return row
 
 
@@ -212,6 +265,10 @@ def main(argv=None) -> int:
                    "even with little free memory")
     p.add_argument("--no-torch-struct", action="store_true")
     p.add_argument("--against", help="also time grammars/charts/inside.py at this git rev")
+    p.add_argument("--decoders", action="store_true", help="also time Viterbi and 8 posterior "
+                   "samples per sentence (gradient-free) against our NLL pass")
+    p.add_argument("--zipf", type=float, help="Zipfian word ids with this exponent (real text "
+                   "repeats words; default uniform over 10,000)")
     p.add_argument("--json", help="append the rows to this JSON-lines file")
     p.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     p.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -248,7 +305,8 @@ def main(argv=None) -> int:
 def report(r: dict) -> None:
     st = r["stats"]
     print(f"\nlength {r['length']} ({r['intra_op_threads']} intra-op / {r['inter_op_threads']} "
-          f"inter-op threads, OMP {r['omp_num_threads']}, MKL {r['mkl_num_threads']}); load "
+          f"inter-op threads, OMP {r['omp_num_threads']}, MKL {r['mkl_num_threads']}, malloc "
+          f"{'retained' if r.get('malloc_retained') else 'glibc defaults'}); load "
           f"{r['load_before']} before, {r['load_after']} after")
     for name, s in st.items():
         print(f"  {name:14s} median {s['median_s']:9.4f} s  min {s['min_s']:9.4f} s  "
@@ -264,6 +322,13 @@ def report(r: dict) -> None:
         s = r["speedup_vs_against"]
         print(f"  ours vs ours@{r['against']}: {s['speedup_median']:.2f}x (medians), "
               f"{s['speedup_min']:.2f}x (mins)")
+    for name in [k for k in st if k.startswith(("viterbi", "sample8"))]:
+        line = f"  {name} = {r[name + '_over_nll_pass']:.2f}x our NLL pass (medians)"
+        if f"{name}_speedup_vs_against" in r:
+            s = r[f"{name}_speedup_vs_against"]
+            line += f"; {s['speedup_median']:.2f}x faster than @{r['against']} (mins " \
+                f"{s['speedup_min']:.2f}x)"
+        print(line)
     if "speedup_vs_torch_struct" not in r:
         print(f"  torch-struct skipped: {r['ts_skipped'] or 'not run'}")
         return
