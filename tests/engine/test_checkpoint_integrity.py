@@ -27,7 +27,7 @@ from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine import files, runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "grammars"))
-from test_gfnem_train_cli import assert_same_state  # noqa: E402
+from test_gfnem_train_cli import assert_same_state, corpus  # noqa: E402,F401
 
 TINY = {
     "data": {"path": "", "max_train_length": 8, "max_valid_sentences": 6},
@@ -204,19 +204,6 @@ def test_load_newest_falls_back_with_one_warning(tmp_path):
 
 
 # ------------------------------------------------------------------ end to end
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
-    from gfnem_cli.app import app
-
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    result = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out),
-                                      "--num-sentences", "60", "--max-length", "8"])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,12 @@ import itertools
 import pytest
 import torch
 
-from grammars.charts.pcfg_params import PCFGParams
 from grammars.charts import viterbi as viterbi_module
 from grammars.charts.semirings import max_plus, max_plus_contract, max_plus_qfirst
 from grammars.charts.viterbi import viterbi
+from test_decoding import random_params as decoding_params
 from tree_enumeration import all_trees
 
-F64 = torch.float64
 
 
 def materialized(vecs, mats):
@@ -51,16 +50,8 @@ def test_max_plus_matches_its_definition():
 
 
 def random_params(lengths, NT, T, shared, seed, scale=2.0):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.as_tensor(lengths)
-    B, n, S = len(lengths), int(lengths.max()), NT + T
-    rules = (torch.randn(1 if shared else B, NT, S * S, generator=g, dtype=F64) * scale
-             ).log_softmax(-1).view(-1, NT, S, S).expand(B, NT, S, S)
-    return PCFGParams(roots=torch.randn(B, NT, generator=g, dtype=F64).log_softmax(-1),
-                      rules=rules,
-                      terms=(torch.randn(B, n, T, generator=g, dtype=F64) * scale
-                             ).log_softmax(-1),
-                      lengths=lengths)
+    """test_decoding's random grammar, sharper (scale 2) so that maxima are well separated."""
+    return decoding_params(lengths, NT, T, shared, seed, scale)
 
 
 def joint(params, b, nodes, tags):
