@@ -276,6 +276,6 @@ def refuse_under_torchrun(command: str) -> None:
     if launched_by_torchrun():
         from gfnem_cli.engine.errors import GfnemError
 
-        raise GfnemError(f"`gfnem {command}` runs as one process, not under torchrun",
-                         hint=f"run it without torchrun (train, and evaluate on an image set, "
-                              "are the commands that run data-parallel)")
+        raise GfnemError(f"`gfnem {command}` runs as one process, not under torchrun; only "
+                         "train and evaluate on an image set run data-parallel",
+                         hint=f"run `gfnem {command.split()[0]} ...` without torchrun")
