@@ -249,9 +249,14 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
                         run_info(state.path, device, checkpoint["step"] if checkpoint else None,
                                  command, world.size))
     use_deterministic(config["train"].get("deterministic", False))
-    if use_precision(config["train"].get("precision", "float32"), device, networks):
+    precision = config["train"].get("precision", "float32")
+    if use_precision(precision, device, networks):
         trainer.header.append(f"precision: bf16 autocast in {len(networks)} networks "
                               "(log-probabilities, rewards and the model's sums in float32)")
+    elif precision != "float32":
+        trainer.header.append(f"warning: train.precision: {precision} changes nothing here: "
+                              "this method has no networks besides the model, whose sums "
+                              "stay float32")
     if use_compile(config["train"].get("compile", False), networks):
         trainer.header.append(f"torch.compile: {len(networks)} networks (the first steps "
                               "compile them)")
