@@ -33,7 +33,6 @@ Rank 0 alone writes files and shows progress; the other ranks wait for it at the
 """
 from __future__ import annotations
 
-import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -82,20 +81,9 @@ def join(device: torch.device) -> World:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
-        atexit.register(leave)              # the group closed before the interpreter goes
     _world = World(dist.get_rank(), dist.get_world_size(),
                    int(os.environ.get("LOCAL_RANK", "0") or 0))
     return _world
-
-
-def leave() -> None:
-    global _world
-    if _world.active:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    _world = World()
 
 
 def local_device(device: torch.device) -> torch.device:
