@@ -13,6 +13,7 @@
     trainer.py      the training loop: progress, metrics, checkpoints, resume, signals
     optimizer_step.py  the checked optimizer step (checked_step, check_finite, checked_clip)
     distributed.py  data parallelism under torchrun: shards, gradient sums, agreed decisions
+    row_noise.py    train.row_noise: a step's draws keyed by (seed, step, call, global row)
     progress.py     what a run shows while it trains: a live display in a terminal, timestamped
                     lines in a file (`--log-every`); live_figures.py: the figures it shows
                     (smoothed loss, EM gate and M-step share, the stalled-model notice)

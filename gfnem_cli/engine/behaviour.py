@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import torch
 
+from gfnem_cli.engine import row_noise
+
 NEG = -1e9   # the logit of an illegal action: exp underflows to 0, sums stay finite
 
 
 def choose(logits: torch.Tensor, mask: torch.Tensor | None = None, temperature: float = 1.0,
            epsilon: float = 0.0, forced: torch.Tensor | None = None,
-           generator: torch.Generator | None = None
+           generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One action per row: (action, log π(action), log q(action)).
 
     `mask` (same shape as logits, bool) marks the legal actions (None: all legal). `forced`
     gives the actions instead of sampling (teacher forcing; negative entries, a caller's
     padding, read as 0); both log-probs are still returned for them. A row with no legal
-    action returns action 0 and finite garbage: the caller masks it.
+    action returns action 0 and finite garbage: the caller masks it. `uniforms` (rows,): draw
+    by inverse CDF from these instead of from `generator` (`row_noise.py`: the same action
+    however the batch is split or padded).
     """
     if mask is not None:
         logits = logits.masked_fill(~mask, NEG)
@@ -42,7 +46,9 @@ def choose(logits: torch.Tensor, mask: torch.Tensor | None = None, temperature: 
         log_q = torch.log(q.clamp(min=1e-38))
         if mask is not None:
             log_q = log_q.masked_fill(~mask, NEG)
-    if forced is None:
+    if forced is None and uniforms is not None:
+        action = row_noise.inverse_cdf(log_q.detach(), uniforms)
+    elif forced is None:
         with torch.no_grad():
             probs = torch.softmax(log_q.detach(), dim=-1)
             action = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

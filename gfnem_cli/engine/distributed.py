@@ -27,7 +27,9 @@ What keeps the ranks one run:
   collectives besides the gradient sums.
 * **The randomness.** Rank r seeds its generators with seed + r·`RANK_SEED_STRIDE` (rank 0 with
   the recipe's seed, so one process is unchanged); a checkpoint keeps every rank's generator
-  state, restored when the world size is the same.
+  state, restored when the world size is the same. With `train.row_noise` a training step's
+  draws are keyed by each row's global index instead (`row_noise.py`, reading `first_row`),
+  and stochastic methods train what one process does.
 
 Rank 0 alone writes files and shows progress; the other ranks wait for it at the collectives.
 """
@@ -61,6 +63,7 @@ class World:
 
 _world = World()
 _rows, _total = 1, 1     # this rank's rows n_r of the current global batch's N
+_first = 0               # the global index of this rank's first row of it
 
 
 def world() -> World:
@@ -112,12 +115,19 @@ def shard_rows(count: int, rank: int | None = None, size: int | None = None
 def shard(batch: Any) -> Any:
     """This rank's part of `batch` (a family's batch has `__len__` and `rows(list) -> batch`),
     and the weight every reduction of this step uses."""
-    global _rows, _total
+    global _rows, _total, _first
     if not _world.active:
         return batch
     rows, weight = shard_rows(len(batch))
     _rows, _total = (len(rows) if weight > 0 else 0), len(batch)
+    _first = rows[0] if weight > 0 else 0
     return batch.rows(rows)
+
+
+def first_row() -> int:
+    """The global index of this rank's first row of the current batch (0 in one process);
+    `row_noise` keys each row's draws by it."""
+    return _first
 
 
 def step_weight() -> float:

@@ -38,7 +38,7 @@ from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import check_free_space, check_writable_dir, write_text_atomic
 from gfnem_cli.engine.provenance import gfnem_version, source_commit
 from gfnem_cli.engine.run_header import header_lines
-from gfnem_cli.engine import distributed
+from gfnem_cli.engine import distributed, row_noise
 from gfnem_cli.engine.precision import use_compile, use_deterministic, use_precision
 from gfnem_cli.engine.scalar_logs import check_logger
 
@@ -249,6 +249,7 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
                         run_info(state.path, device, checkpoint["step"] if checkpoint else None,
                                  command, world.size))
     use_deterministic(config["train"].get("deterministic", False))
+    row_noise.configure(config["train"].get("row_noise", False), seed)
     precision = config["train"].get("precision", "float32")
     if use_precision(precision, device, networks):
         trainer.header.append(f"precision: bf16 autocast in {len(networks)} networks "

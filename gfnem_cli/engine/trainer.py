@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
-from gfnem_cli.engine import distributed
+from gfnem_cli.engine import distributed, row_noise
 from gfnem_cli.engine.optimizer_step import NonFiniteLoss
 from gfnem_cli.engine.errors import GfnemError
 from gfnem_cli.engine.files import os_error, write_text_atomic
@@ -316,7 +316,8 @@ class Trainer:
                     local = distributed.shard(batch)
                     if self.device is not None:
                         local = local.to(self.device)
-                    metrics = self.method.train_step(local)
+                    with row_noise.training_step(self.step, distributed.first_row()):
+                        metrics = self.method.train_step(local)
                     in_a_row = 0
                 except NonFiniteLoss:
                     metrics = None

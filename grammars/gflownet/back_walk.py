@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.behaviour import choose
 from grammars.gflownet.forest import Forest, read_slots
 
@@ -30,8 +31,10 @@ class BackWalk:
 
 def walk_back(sampler, forest: Forest, emb: torch.Tensor, num_steps: torch.Tensor,
               generator: torch.Generator | None = None, forward: bool = False,
-              temperature: float = 1.0, epsilon: float = 0.0) -> BackWalk:
-    """Split up to num_steps[m] roots of each row with P_B; with `forward`, score P_F too."""
+              temperature: float = 1.0, epsilon: float = 0.0,
+              noise: row_noise.RowNoise | None = None) -> BackWalk:
+    """Split up to num_steps[m] roots of each row with P_B; with `forward`, score P_F too.
+    `noise`: the rows' own uniforms (draw j at back step j) instead of `generator`."""
     m = forest.num_roots.shape[0]
     dev, dtype = emb.device, emb.dtype
     k = int(num_steps.max().item()) if m else 0
@@ -56,7 +59,8 @@ def walk_back(sampler, forest: Forest, emb: torch.Tensor, num_steps: torch.Tenso
             logits = sampler.heads.backward_logits(enc[0])
         else:
             logits = torch.zeros(m, r, dtype=dtype, device=dev)
-        pos, lp_b, _ = choose(logits, forest.split_mask()[:, :r], generator=generator)
+        pos, lp_b, _ = choose(logits, forest.split_mask()[:, :r], generator=generator,
+                              uniforms=row_noise.draw(noise, j))
         slot = forest.roots.gather(1, pos[:, None])
         node = torch.stack([read_slots(forest.start, slot), read_slots(forest.end, slot),
                             read_slots(forest.label, slot)], -1).squeeze(1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.trajectories import Trajectories
 from grammars.binary_trees import BinaryTrees
 from grammars.gflownet.back_walk import walk_back
@@ -81,10 +82,12 @@ def local_search(sampler: TreeSampler, ids: torch.Tensor, lengths: torch.Tensor,
         moves = torch.zeros(len_rows.shape[0], dtype=torch.long, device=len_rows.device)
         proposed = accepted_total = 0
         longest = (len_rows - 1).clamp(min=0)
-        for _ in range(rounds if k > 0 else 0):
-            steps = longest.clamp(max=_round_k(k, k_draw, generator))
+        noise = row_noise.for_rows(len_rows.shape[0], n_per, len_rows.device)
+        for i in range(rounds if k > 0 else 0):
+            part = None if noise is None else noise.child(i)
+            steps = longest.clamp(max=_round_k(k, k_draw, generator, part))
             trees, log_r, accept = _round(sampler, ids_rows, len_rows, trees, log_r, reward,
-                                          steps, temperature, epsilon, greedy, generator)
+                                          steps, temperature, epsilon, greedy, generator, part)
             moves += accept.long()
             proposed += int((steps > 0).sum())
             accepted_total += int(accept.sum())
@@ -100,10 +103,13 @@ def local_search(sampler: TreeSampler, ids: torch.Tensor, lengths: torch.Tensor,
                              accepted=moves, trajectories=out)
 
 
-def _round_k(k: int, k_draw: str, generator) -> int:
-    """This round's k: fixed, or drawn on the host RNG (a generator's own when one is given)."""
+def _round_k(k: int, k_draw: str, generator, noise: row_noise.RowNoise | None = None) -> int:
+    """This round's k: fixed, or drawn on the host RNG (a generator's own when one is given,
+    the round's shared row noise when that is on)."""
     if k_draw == "fixed" or k == 1:
         return k
+    if noise is not None:
+        return 1 + min(int(noise.shared_uniform(0) * k), k - 1)
     if generator is not None and generator.device.type != "cpu":
         return int(torch.randint(1, k + 1, (1,), generator=generator,
                                  device=generator.device).item())
@@ -111,7 +117,8 @@ def _round_k(k: int, k_draw: str, generator) -> int:
 
 
 def _round(sampler: TreeSampler, ids, lengths, trees: BinaryTrees, log_r, reward,
-           steps: torch.Tensor, temperature: float, epsilon: float, greedy: bool, generator):
+           steps: torch.Tensor, temperature: float, epsilon: float, greedy: bool, generator,
+           noise: row_noise.RowNoise | None = None):
     """One batched MH move; returns (trees, log R, accepted mask).
 
     The walk back scores q(s→x) on the encodings P_B needs anyway, and the proposal starts
@@ -119,11 +126,13 @@ def _round(sampler: TreeSampler, ids, lengths, trees: BinaryTrees, log_r, reward
     encoded). x is rebuilt from s by replaying the splits, without the encoder."""
     forest, emb = sampler.state_from_trees(ids, lengths, trees, order="width", embed=True)
     walk = walk_back(sampler, forest, emb, steps, generator, forward=True,
-                     temperature=temperature, epsilon=epsilon)
+                     temperature=temperature, epsilon=epsilon,
+                     noise=None if noise is None else noise.child(0))
     forest, source = walk.forest.compact()
     emb = read_slots(emb, source)
     new = sampler._run(forest, emb, temperature=temperature, epsilon=epsilon,
-                       generator=generator, enc=walk.enc)
+                       generator=generator, enc=walk.enc,
+                       noise=None if noise is None else noise.child(1))
     x_old = sampler._replay(forest, emb, reverse_steps(walk.splits, steps), embed=False)[0].trees()
     x_new = new.forest.trees()
     log_r_new = reward.log_joint(ids, lengths, x_new).detach()
@@ -132,7 +141,8 @@ def _round(sampler: TreeSampler, ids, lengths, trees: BinaryTrees, log_r, reward
     else:
         log_alpha = (log_r_new - log_r + new.log_pb.sum(1) + walk.log_q
                      - new.behaviour_log_pf.sum(1) - walk.log_pb)
-        u = torch.rand(log_alpha.shape, device=log_alpha.device, generator=generator)
+        u = (noise.uniform(2) if noise is not None else
+             torch.rand(log_alpha.shape, device=log_alpha.device, generator=generator))
         accept = torch.log(u) < log_alpha
     accept = accept & (steps > 0)
     pick = accept[:, None]

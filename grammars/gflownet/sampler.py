@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.behaviour import choose
 from gfnem_cli.engine.trajectories import Trajectories
 from grammars.binary_trees import BinaryTrees
@@ -81,8 +82,9 @@ class TreeSampler(nn.Module):
         """
         ids_rows, len_rows, b, n_per = self.expand_rows(ids, lengths, ids.shape[0] * num_per_input)
         forest, emb = self.initial_state(ids_rows, len_rows)
+        noise = row_noise.for_rows(len_rows.shape[0], n_per, len_rows.device)
         ro = self._run(forest, emb, temperature=temperature, epsilon=epsilon, want_log_z=True,
-                       want_flows=need_flows, generator=generator)
+                       want_flows=need_flows, generator=generator, noise=noise)
         on_policy = temperature == 1.0 and epsilon == 0.0
         return self._package(ro, ids_rows, len_rows, b, n_per, reward, need_flows, on_policy)
 
@@ -99,7 +101,7 @@ class TreeSampler(nn.Module):
         through that choice), as a sleep phase or an exact-posterior diagnostic needs.
         """
         ids_rows, len_rows, b, n_per = self.expand_rows(ids, lengths, len(trees))
-        forced = self.node_order(ids_rows, len_rows, trees, order, generator)
+        forced = self.node_order(ids_rows, len_rows, trees, order, generator, n_per)
         forest, emb = self.initial_state(ids_rows, len_rows)
         ro = self._run(forest, emb, forced=forced, temperature=temperature, epsilon=epsilon,
                        want_log_z=True, want_flows=need_flows)
@@ -115,9 +117,10 @@ class TreeSampler(nn.Module):
         if order != "sample_backward":
             tr = self.score(ids, lengths, trees, order=order, generator=generator)
             return tr.log_pf, tr.log_pb
-        ids_rows, len_rows, _, _ = self.expand_rows(ids, lengths, len(trees))
+        ids_rows, len_rows, _, n_per = self.expand_rows(ids, lengths, len(trees))
         forest, emb = self.state_from_trees(ids_rows, len_rows, trees, order="width")
-        walk = walk_back(self, forest, emb, (len_rows - 1).clamp(min=0), generator, forward=True)
+        walk = walk_back(self, forest, emb, (len_rows - 1).clamp(min=0), generator, forward=True,
+                         noise=row_noise.for_rows(len_rows.shape[0], n_per, len_rows.device))
         return walk.log_pf, walk.log_pb
 
     # ============================================================================== states
@@ -140,8 +143,10 @@ class TreeSampler(nn.Module):
         return self._replay(forest, emb, forced, embed)
 
     def node_order(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
-                   order: str = "given", generator: torch.Generator | None = None) -> torch.Tensor:
-        """(M, L-1, 3) rows of (start, end, label) in the order a trajectory builds them."""
+                   order: str = "given", generator: torch.Generator | None = None,
+                   rows_per_input: int = 1) -> torch.Tensor:
+        """(M, L-1, 3) rows of (start, end, label) in the order a trajectory builds them
+        (`rows_per_input`: how many of the M rows each input has, for row noise)."""
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         nodes = self._checked_nodes(trees, lengths)
@@ -156,12 +161,15 @@ class TreeSampler(nn.Module):
             forest, emb = self.initial_state(ids, lengths)
             forest, emb = self._replay(forest, emb, by_width, embed=self.learn_backward)
             num = (lengths.long() - 1).clamp(min=0)
-            _, splits, _ = self.sample_backward(forest, emb, num, generator)
+            _, splits, _ = self.sample_backward(
+                forest, emb, num, generator,
+                row_noise.for_rows(lengths.shape[0], rows_per_input, lengths.device))
         return reverse_steps(splits, num)
 
     # ========================================================================== backward
     def sample_backward(self, forest: Forest, emb: torch.Tensor, num_steps: torch.Tensor,
-                        generator: torch.Generator | None = None
+                        generator: torch.Generator | None = None,
+                        noise: row_noise.RowNoise | None = None
                         ) -> tuple[Forest, torch.Tensor, torch.Tensor]:
         """Split up to num_steps[m] roots of each row with P_B (uniform or learned).
 
@@ -169,7 +177,7 @@ class TreeSampler(nn.Module):
         (M, K, 3) as (start, end, label) in backward order (-1 past a row's steps), and
         Σ log P_B of the splits taken (`back_walk.walk_back` also scores the way back).
         """
-        walk = walk_back(self, forest, emb, num_steps, generator)
+        walk = walk_back(self, forest, emb, num_steps, generator, noise=noise)
         return walk.forest, walk.splits, walk.log_pb
 
     # =========================================================================== rollouts
@@ -182,11 +190,12 @@ class TreeSampler(nn.Module):
     def _run(self, forest: Forest, emb: torch.Tensor, forced: torch.Tensor | None = None,
              temperature: float = 1.0, epsilon: float = 0.0, want_log_z: bool = False,
              want_flows: bool = False, generator: torch.Generator | None = None,
-             enc: tuple | None = None) -> Rollout:
+             enc: tuple | None = None, noise: row_noise.RowNoise | None = None) -> Rollout:
         """Advance every row from its state to a single root, sampling or teacher-forced.
 
         forced (M, ≥T, 3): the node built at each step, as from `node_order`. `enc`: the
         state's encoding when the caller has it already (a backward walk ending there).
+        `noise`: the rows' own uniforms (draws 2t and 2t+1 at step t) instead of `generator`.
         """
         m = forest.num_roots.shape[0]
         dev, dtype = emb.device, emb.dtype
@@ -218,11 +227,12 @@ class TreeSampler(nn.Module):
                 bad = bad | (active & (~ok | (flab < 0) | (flab >= self.num_nonterminals)))
             pos, lp_pos, lq_pos = choose(self.heads.position_logits(pair),
                                          forest.merge_mask()[:, :r - 1], temperature, epsilon,
-                                         fpos, generator)
+                                         fpos, generator, row_noise.draw(noise, 2 * t))
             at = pair.gather(1, pos.view(m, 1, 1).expand(m, 1, pair.shape[-1])).squeeze(1)
             ones = torch.ones(m, self.num_nonterminals, dtype=torch.bool, device=dev)
             label, lp_lab, lq_lab = choose(self.heads.label_logits(at), ones, temperature,
-                                           epsilon, flab, generator)
+                                           epsilon, flab, generator,
+                                           row_noise.draw(noise, 2 * t + 1))
             lslot = forest.roots.gather(1, pos[:, None])
             rslot = forest.roots.gather(1, (pos + 1)[:, None])
             node = self.embedder.compose(label, read_slots(emb, lslot).squeeze(1),

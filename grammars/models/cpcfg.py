@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from gfnem_cli.engine import row_noise
 from grammars.binary_trees import BinaryTrees
 from grammars.models.forest_score import forest_log_prob, forest_node_terms, forest_structure
 from grammars.models.generation import SamplingTables, sample
@@ -93,7 +94,12 @@ class CompoundPCFG(nn.Module):
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
         if use_mean:
             return mean, kl
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        rows = row_noise.for_rows(mean.shape[0], 1, mean.device)
+        if rows is not None:
+            eps = rows.normal(0, mean.shape[1]).to(mean.dtype)
+        else:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device,
+                              dtype=mean.dtype)
         return mean + (0.5 * logvar).exp() * eps, kl
 
     # --- the grammar given z ---------------------------------------------------------------

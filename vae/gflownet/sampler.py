@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.behaviour import choose
 from gfnem_cli.engine.trajectories import Trajectories
 from vae.code_grids import CodeGrids
@@ -68,7 +69,9 @@ class GridSampler(nn.Module):
         """N trajectories per image, images (B, H, W). log_pf is the untempered policy's
         (differentiable); behaviour_log_pf the tempered/ε-mixed one sampled from."""
         cells, summary, log_z, b = self._encode(images, num_per_input)
-        ro = self._run(cells, summary, None, None, temperature, epsilon, need_flows, generator)
+        noise = row_noise.for_rows(cells.shape[0], num_per_input, cells.device)
+        ro = self._run(cells, summary, None, None, temperature, epsilon, need_flows, generator,
+                       noise)
         on_policy = temperature == 1.0 and epsilon == 0.0
         return self._package(ro, images, log_z, b, num_per_input, reward, need_flows, on_policy)
 
@@ -85,7 +88,7 @@ class GridSampler(nn.Module):
                              f"{images.shape[0]} images")
         n = len(grids) // images.shape[0]
         cells, summary, log_z, b = self._encode(images, n)
-        forced_cells = self.cell_order(grids, order, generator)
+        forced_cells = self.cell_order(grids, order, generator, n)
         forced_codes = grids.flat().gather(1, forced_cells)
         ro = self._run(cells, summary, forced_cells, forced_codes, 1.0, 0.0, need_flows, None)
         return self._package(ro, images, log_z, b, n, reward, need_flows, False)
@@ -98,8 +101,10 @@ class GridSampler(nn.Module):
         return traj.log_pf, traj.log_pb
 
     def cell_order(self, grids: CodeGrids, order: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-        """(M, hw) the cell teacher forcing sets at each step."""
+                   generator: torch.Generator | None = None, rows_per_input: int = 1
+                   ) -> torch.Tensor:
+        """(M, hw) the cell teacher forcing sets at each step (`rows_per_input`: the grids
+        of each image, for row noise)."""
         m, dev = len(grids), grids.codes.device
         if order is None:
             order = grids.order
@@ -109,8 +114,12 @@ class GridSampler(nn.Module):
                 raise ValueError("the raster sampler fills cells in raster order only")
             return raster
         if order is None:
-            where = generator.device if generator is not None else dev   # the generator's own
-            noise = torch.rand(m, self.cells, generator=generator, device=where).to(dev)
+            rows = row_noise.for_rows(m, rows_per_input, dev)
+            if rows is not None:
+                noise = rows.uniform(0, self.cells)
+            else:
+                where = generator.device if generator is not None else dev  # its own device
+                noise = torch.rand(m, self.cells, generator=generator, device=where).to(dev)
             order = noise.argsort(1)
         return order.to(dev).long()
 
@@ -125,7 +134,9 @@ class GridSampler(nn.Module):
                 images.shape[0])
 
     def _run(self, cells: torch.Tensor, summary: torch.Tensor, forced_cells, forced_codes,
-             temperature: float, epsilon: float, want_flows: bool, generator) -> Rollout:
+             temperature: float, epsilon: float, want_flows: bool, generator,
+             noise: row_noise.RowNoise | None = None) -> Rollout:
+        """`noise`: the rows' own uniforms (draw t at step t) instead of `generator`."""
         m, dev = cells.shape[0], cells.device
         k, steps = self.num_codes, self.cells
         state = GridState.initial(m, self.grid, k, dev)
@@ -139,7 +150,8 @@ class GridSampler(nn.Module):
             if self.order == "raster":
                 cell = torch.full((m,), t, dtype=torch.long, device=dev)
                 forced = None if forced_codes is None else forced_codes[:, t].clamp(0, k - 1)
-                code, lp, q = choose(logits[:, t], None, temperature, epsilon, forced, generator)
+                code, lp, q = choose(logits[:, t], None, temperature, epsilon, forced, generator,
+                                     row_noise.draw(noise, t))
                 lpb.append(torch.zeros(m, dtype=lp.dtype, device=dev))
             else:
                 forced = None
@@ -147,7 +159,7 @@ class GridSampler(nn.Module):
                     forced = forced_cells[:, t] * k + forced_codes[:, t].clamp(0, k - 1)
                     bad = bad | ~state.is_empty_at(forced_cells[:, t])
                 action, lp, q = choose(logits.flatten(1), state.action_mask(), temperature,
-                                       epsilon, forced, generator)
+                                       epsilon, forced, generator, row_noise.draw(noise, t))
                 cell, code = action // k, action % k
                 lpb.append(torch.full((m,), -math.log(t + 1), dtype=lp.dtype, device=dev))
             if forced_codes is not None:
@@ -183,3 +195,4 @@ class GridSampler(nn.Module):
             log_flows=log_flows, step_mask=torch.ones_like(ro.log_pf, dtype=torch.bool),
             behaviour_log_pf=ro.behaviour_log_pf.sum(1), log_z=log_z, z=grids,
             on_policy=on_policy)
+

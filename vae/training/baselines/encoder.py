@@ -8,9 +8,13 @@ continuous per-cell vectors z_e(x) (van den Oord et al. 2017).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from gfnem_cli.engine import row_noise
 
 
 class FactorizedEncoder(nn.Module):
@@ -34,9 +38,15 @@ class FactorizedEncoder(nn.Module):
         return self.head(torch.relu(cells + glob))
 
 
-def gumbel_noise(shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
-    """Standard Gumbel noise −log(−log U), U clamped away from 0 and 1 so it stays finite."""
-    u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+def gumbel_noise(shape, generator: torch.Generator, device, dtype, rows_per_input: int = 1
+                 ) -> torch.Tensor:
+    """Standard Gumbel noise −log(−log U), U clamped away from 0 and 1 so it stays finite.
+    Row i of `shape` is input i // `rows_per_input`'s (for the training step's row noise)."""
+    rows = row_noise.for_rows(shape[0], rows_per_input, device)
+    if rows is not None:
+        u = rows.uniform(0, math.prod(shape[1:])).view(shape).to(dtype)
+    else:
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
     tiny = torch.finfo(dtype).tiny
     return -torch.log(-torch.log(u.clamp(tiny, 1.0 - torch.finfo(dtype).eps)))
 
@@ -45,7 +55,7 @@ def sample_codes(logits: torch.Tensor, n: int, generator: torch.Generator) -> to
     """(B·n, hw) exact draws from Π_c Cat(softmax(ℓ_c)) by the Gumbel-max trick, each
     image's n draws contiguous."""
     rows = logits.repeat_interleave(n, 0)
-    return (rows.detach() + gumbel_noise(rows.shape, generator, rows.device, rows.dtype)
+    return (rows.detach() + gumbel_noise(rows.shape, generator, rows.device, rows.dtype, n)
             ).argmax(-1)
 
 

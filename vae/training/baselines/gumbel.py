@@ -50,7 +50,7 @@ class GumbelSoftmaxMethod(BaselineMethod):
         h, w = self.vae.grid
         log_probs = torch.log_softmax(self.encoder(images), -1)          # (B, hw, K)
         rows = log_probs.repeat_interleave(n, 0)
-        noise = gumbel_noise(rows.shape, self.generator, rows.device, rows.dtype)
+        noise = gumbel_noise(rows.shape, self.generator, rows.device, rows.dtype, n)
         soft = torch.softmax((rows + noise) / tau, -1)
         hard = F.one_hot(soft.argmax(-1), k).to(soft.dtype)
         y = (hard + soft - soft.detach()).view(-1, h, w, k)                # straight-through
