@@ -5,6 +5,9 @@ so `gfnem --help` answers at once.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from gfnem_cli.commands import (evaluate, parse, plot, prepare, sample, score, summarize,
@@ -47,7 +50,32 @@ app.command("plot")(plot.plot)
 
 
 def main() -> None:
-    app()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        app()
+        return
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    _leave_torchrun(code)
+
+
+def _leave_torchrun(code: int) -> None:
+    """End a torchrun rank without the interpreter's teardown. The process group's C++
+    threads (gloo's) are still joinable when static destructors run, and std::terminate then
+    aborts the rank (SIGABRT after a finished run, with or without destroy_process_group).
+    Every rank that succeeded waits for the others, then all leave at once; a failed rank
+    leaves at once (torchrun stops the rest). Files are already written and closed."""
+    import torch.distributed as dist
+
+    if code == 0 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Shared rich consoles and the decorator that turns user errors into one clean line.
 
 Both consoles print with `soft_wrap`, so an error, a warning or a note stays one line however
-narrow the terminal or pipe is: log scrapers and `grep` see the whole of it.
+narrow the terminal or pipe is: log scrapers and `grep` see the whole of it. Under torchrun
+only rank 0 prints (the other ranks' consoles are quiet), so a command says everything once.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import time
 import typer
 from rich.console import Console
 
-console = Console(soft_wrap=True)          # messages never wrap; tables still fit the width
-err_console = Console(stderr=True, soft_wrap=True)
+_QUIET = os.environ.get("RANK", "0") not in ("", "0")      # a torchrun rank other than 0
+console = Console(soft_wrap=True, quiet=_QUIET)   # messages never wrap; tables still fit
+err_console = Console(stderr=True, soft_wrap=True, quiet=_QUIET)
 
 
 def warn(message: str) -> None:
@@ -25,8 +27,6 @@ def warn(message: str) -> None:
 
 def error_line(message: str) -> None:
     """Printed once: under torchrun every rank meets the same error, rank 0 says it."""
-    if os.environ.get("RANK", "0") not in ("", "0"):
-        return
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
@@ -64,7 +64,11 @@ def _escape(text: str) -> str:
 def work_progress(label: str, total: int, lines: int = 10):
     """Progress of a long pass over inputs (parsing, encoding, an NLL estimate): yields
     `advance(k)`. In a terminal a transient bar; otherwise (a log file, a cluster job) a
-    timestamped line on stderr every ~1/`lines` of the work, flushed at once."""
+    timestamped line on stderr every ~1/`lines` of the work, flushed at once; nothing on a
+    torchrun rank other than 0."""
+    if _QUIET:
+        yield lambda k: None
+        return
     if console.is_terminal:
         from rich.progress import Progress
 

@@ -80,9 +80,10 @@ def evaluate(
                                             "length filter, decoding, with a RUN nll_per_token, "
                                             "perplexity, nll_is_bound and unk_rate, and the "
                                             "gfnem version and source commit."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random baseline and of a RUN's "
-                             "importance-sampled bound (the same seed and --batch-size give "
-                             "`gfnem score`'s figures)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random baseline, of a RUN's "
+                             "importance-sampled bound and of its sampled decoding: batch b "
+                             "draws with seed (seed, b), so the same seed and --batch-size "
+                             "give `gfnem score`'s figures, and the same under torchrun."),
     max_length: int = typer.Option(0, "--max-length", help="Score only sentences of "
                                    "at most this many words (e.g. 10 for WSJ10); 0 = all."),
     decode: str = typer.Option("auto", "--decode", help="With RUN: auto (viterbi for "
@@ -139,10 +140,8 @@ def evaluate(
         images.evaluate_images(run, data, split, samples, json_out, seed, checkpoint,
                                batch_size, device, max_images)
         return
-    from gfnem_cli.engine.distributed import refuse_under_torchrun
+    from gfnem_cli.engine import distributed
     from gfnem_cli.engine.errors import GfnemError
-
-    refuse_under_torchrun("evaluate on a corpus")
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from gfnem_cli.engine.provenance import provenance
     from rich.markup import escape
@@ -179,6 +178,7 @@ def evaluate(
                          hint="give the gold trees a file of their own")
     for path in outputs:
         check_output_file(path)
+    world = distributed.join_if_launched(device)   # under torchrun: the batches shared
     corpus = load_corpus(data)
     has_gold = corpus.manifest.get("kind") != "text"
     if not has_gold:
@@ -194,6 +194,8 @@ def evaluate(
                                              decode_samples, has_gold)
     else:
         spans, how = predictions(corpus, split, gold, words, baseline, pred, seed)
+    if not world.is_main:                  # rank 0 reports and writes
+        return
     if spans is not None:
         report = score_spans(gold, spans, [len(w) for w in words], max_length or None)
         render_report(report, f"{how['decoding']} on {data} [{split}]")
@@ -262,7 +264,7 @@ def _run_report(run, corpus, split, decode, samples, checkpoint, batch_size, dev
     if has_gold:
         with work_progress("parsing", len(data.ids)) as advance:
             spans = run_predictions(trained, data.ids, decode, batch_size, decode_samples,
-                                    progress=advance)
+                                    progress=advance, seed=seed)
     # the likelihood obeys the same length filter as F1
     scored = [ids for ids in data.ids if not max_length or len(ids) <= max_length]
     likelihood = run_likelihood(trained, scored, batch_size, samples, seed)

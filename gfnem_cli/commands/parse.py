@@ -46,6 +46,11 @@ def parse(
                                 "--decode sample (>= 1)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Sentences decoded together "
                                    "(>= 1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampled decoders (--decode "
+                             "sample, mbr on a grammar without a dynamic program, an image "
+                             "run's sampled grids): for a grammar batch b draws with seed "
+                             "(seed, b), so the same seed and --batch-size give the same "
+                             "trees, under torchrun too."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (lowest validation NLL) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     gold_out: Optional[Path] = typer.Option(None, "--gold-out", help="Also write the gold "
@@ -68,17 +73,15 @@ def parse(
     the ten most frequent). The output of a corpus split reads back with `gfnem evaluate
     --pred`; with --gold-out, the gold trees are written beside it for EVALB.
     """
-    from gfnem_cli.engine.distributed import refuse_under_torchrun
-
-    refuse_under_torchrun("parse")
-
     from gfnem_cli.commands import images
     from gfnem_cli.commands.checks import grammar_options_unused
+    from gfnem_cli.engine import distributed
 
     if images.is_image_run(run):        # an image run: each image's best sampled code grid
+        distributed.refuse_under_torchrun("parse")
         grammar_options_unused(decode=(decode, "auto"), tokenize=(tokenize, None),
                                keep_punct=(keep_punct, False), gold_out=(gold_out, None))
-        images.parse_images(run, input, split, out, samples, batch_size, 0, checkpoint,
+        images.parse_images(run, input, split, out, samples, batch_size, seed, checkpoint,
                             device)
         return
     from gfnem_cli import families
@@ -105,6 +108,7 @@ def parse(
             raise GfnemError("--gold-out names the --out file", gold_out,
                              hint="give the gold trees a file of their own")
         check_output_file(gold_out)
+    world = distributed.join_if_launched(device)   # under torchrun: the batches shared
     trained = families.for_run(run).load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
     data = read_parse_input(input, run, trained.vocab, split, on_warning=warn,
@@ -117,7 +121,9 @@ def parse(
     rows = [k for k, ids in enumerate(data.ids) if ids]
     with work_progress("parsing", len(rows)) as advance:
         trees = parse_sentences(trained, [data.ids[k] for k in rows], decode, batch_size,
-                                samples, progress=advance)
+                                samples, progress=advance, seed=seed)
+    if not world.is_main:                  # rank 0 writes
+        return
     lines = ["()"] * len(data.ids)
     for k, tree in zip(rows, trees):
         lines[k] = tree.to_brackets([data.words[k]])[0]

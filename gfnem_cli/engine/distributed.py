@@ -269,11 +269,49 @@ def gather_in_order(parts: list[Any]) -> list[Any]:
     return [part for rank_parts in gather_objects(parts) for part in rank_parts]
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of evaluation batch `index`: distinct per batch, the same on any rank."""
+    return (seed * 1_000_003 + index) % (2 ** 63)
+
+
+def map_batches(batches: Sequence[Any], work, seed: int = 0, shard: bool = True,
+                device: torch.device | str = "cpu", progress=None) -> list[Any]:
+    """[work(batch, generator) for each batch], in order; batch b's generator is seeded with
+    (seed, b), so the results do not depend on who computes which batch. With `shard` under
+    torchrun each rank computes a contiguous block of batches and every rank gets all the
+    results (gathered; `work` returns something picklable). `progress(n)` is told of the
+    items finished (the world's, as rank 0 sees its own)."""
+    offset, mine = my_share(batches) if shard else (0, list(batches))
+    out, told = [], 0
+    total, scale = sum(len(batch) for batch in batches), (_world.size if shard else 1)
+    for index, batch in enumerate(mine, start=offset):
+        generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
+        out.append(work(batch, generator))
+        if progress is not None:            # rank 0's pace stands for the world's
+            step = min(len(batch) * scale, total - told)
+            progress(step)
+            told += step
+    if shard:
+        out = gather_in_order(out)
+    if progress is not None and total > told:  # the other ranks' share, now that it is in
+        progress(total - told)
+    return out
+
+
+def join_if_launched(device: torch.device | str) -> World:
+    """An evaluation command's process group under torchrun (the world of one otherwise)."""
+    if launched_by_torchrun():
+        from gfnem_cli.engine.runs import resolve_device
+
+        join(resolve_device(str(device)))
+    return _world
+
+
 def refuse_under_torchrun(command: str) -> None:
     """A command that runs as one process says so, rather than run K identical copies."""
     if launched_by_torchrun():
         from gfnem_cli.engine.errors import GfnemError
 
         raise GfnemError(f"`gfnem {command}` runs as one process, not under torchrun; only "
-                         "train and evaluate on an image set run data-parallel",
+                         "train, evaluate, and parse of a grammar run run data-parallel",
                          hint=f"run `gfnem {command.split()[0]} ...` without torchrun")

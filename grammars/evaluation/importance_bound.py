@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from gfnem_cli.engine import ImportanceEstimate, standard_error
+from gfnem_cli.engine import ImportanceEstimate, distributed, standard_error
 from grammars.binary_trees import BinaryTrees
 from grammars.models.capabilities import has_sampler
 from grammars.evaluation.likelihood import CorpusLikelihood, tokens_in
@@ -147,38 +147,53 @@ def run_proposal(run):
 
 
 def importance_sampled_batches(run, batches, num_samples: int, seed: int = 0,
-                               proposal=None, score=None):
+                               proposal=None, score=None, shard: bool = False):
     """Per batch, its sentences of two or more words: (rows of the batch's input list,
-    log p̂(x) (B,) float64, Var[log p̂(x)] (B,), lengths). One generator seeded by `seed`
-    runs through the batches in order, so the same batches give the same estimates, whether
-    summed (`importance_sampled_likelihood`) or written per sentence (`gfnem score`)."""
+    log p̂(x) (B,) float64, Var[log p̂(x)] (B,), lengths), the same whether summed
+    (`importance_sampled_likelihood`) or written per sentence (`gfnem score`).
+
+    Without `shard` (validation while training, on rank 0 alone) one generator seeded by
+    `seed` runs through the batches in order. With it (`gfnem evaluate`, `gfnem score`) batch b
+    draws from a generator seeded with (seed, b), so under torchrun each rank estimates a
+    contiguous block of batches (`distributed.map_batches`) and every rank gets them all in
+    order: the one-process figures exactly."""
     device = torch.device(getattr(run, "device", "cpu"))
     proposal = proposal if proposal is not None else run_proposal(run)
     score = score if score is not None else run.model.log_joint
-    generator = torch.Generator(device=device).manual_seed(int(seed))
-    for batch in batches:
+
+    def estimate(batch, generator):
         keep = batch.lengths >= 2
         if not bool(keep.any()):
-            continue
+            return None
         ids, lengths = batch.ids[keep].to(device), batch.lengths[keep].to(device)
         ids = ids[:, : int(lengths.max())]
-        log_p, var, _ = importance_log_likelihood(score, proposal, ids, lengths, num_samples,
-                                                  generator)
-        yield batch.index[keep.cpu()].tolist(), log_p, var, lengths
+        with torch.no_grad():
+            log_p, var, _ = importance_log_likelihood(score, proposal, ids, lengths,
+                                                      num_samples, generator)
+        return batch.index[keep.cpu()].tolist(), log_p.cpu(), var.cpu(), lengths.cpu()
+
+    if shard:
+        parts = distributed.map_batches(batches, estimate, seed, device=device)
+    else:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        parts = (estimate(batch, generator) for batch in batches)
+    yield from (part for part in parts if part is not None)
 
 
 @torch.no_grad()
 def importance_sampled_likelihood(run, batches, num_samples: int, seed: int = 0,
-                                  proposal=None, score=None) -> CorpusLikelihood:
+                                  proposal=None, score=None, shard: bool = False
+                                  ) -> CorpusLikelihood:
     """The corpus NLL bound of `run` (a `TrainedRun` or anything with .model, .device and
     optionally .sampler) over `batches` (SentenceBatch list), M = `num_samples` per sentence.
 
     Returns CorpusLikelihood(is_bound=True, std_error = standard error of the NLL per token).
-    Deterministic given `seed` (its own generator; the global RNG is not touched).
+    Deterministic given `seed` (its own generators; the global RNG is not touched); `shard`
+    as in `importance_sampled_batches`.
     """
     total, var_total, tokens, count = 0.0, 0.0, 0, 0
     for rows, log_p, var, lengths in importance_sampled_batches(run, batches, num_samples,
-                                                                seed, proposal, score):
+                                                                seed, proposal, score, shard):
         total -= float(log_p.sum())
         var_total += float(var.sum())
         tokens += tokens_in(lengths)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from gfnem_cli.engine import distributed
 from grammars.data.batching import in_order_batches
 from grammars.data.true_grammar import TrueGrammar, true_log_likelihood
 
@@ -65,13 +66,24 @@ def scored_batches(model, batches, inside, device):
 
 
 @torch.no_grad()
-def corpus_likelihood(model, batches, inside, device) -> CorpusLikelihood:
+def corpus_likelihood(model, batches, inside, device, shard: bool = False) -> CorpusLikelihood:
+    """The corpus NLL over `batches`; with `shard` (`gfnem evaluate`) under torchrun each rank
+    scores a contiguous block of batches and the sums are gathered (the same figure)."""
+    def figures(batch, _generator=None):
+        total, tokens, count, bound = 0.0, 0, 0, False
+        for rows, log_p, lengths, is_bound in scored_batches(model, [batch], inside, device):
+            total, tokens = float(-log_p.double().sum()), tokens_in(lengths)
+            count, bound = len(rows), is_bound
+        return total, tokens, count, bound
+
+    parts = (distributed.map_batches(batches, figures, device=device) if shard
+             else map(figures, batches))
     total, tokens, count, bound = 0.0, 0, 0, False
-    for rows, log_p, lengths, is_bound in scored_batches(model, batches, inside, device):
-        total += float(-log_p.double().sum())
-        tokens += tokens_in(lengths)
-        count += len(rows)
-        bound = bound or is_bound
+    for part_total, part_tokens, part_count, part_bound in parts:
+        total += part_total
+        tokens += part_tokens
+        count += part_count
+        bound = bound or part_bound
     return CorpusLikelihood(total, tokens, count, bound)
 
 

@@ -43,13 +43,13 @@ def run_likelihood(run, ids: list[list[int]], batch_size: int, samples: int, see
     exact, m = likelihood_estimators(run, samples)
     out: dict = {}
     if exact:
-        result = corpus_likelihood(run.model, batches, run.inside, run.device)
+        result = corpus_likelihood(run.model, batches, run.inside, run.device, shard=True)
         out.update(nll_per_token=result.nll_per_token, perplexity=result.perplexity,
                    nll_is_bound=result.is_bound, nll_method="inside" if not result.is_bound
                    else "elbo", nll_sentences=result.num_sentences,
                    nll_tokens=result.total_tokens)
     if m:
-        bound = importance_sampled_likelihood(run, batches, m, seed)
+        bound = importance_sampled_likelihood(run, batches, m, seed, shard=True)
         fields = dict(nll_per_token=bound.nll_per_token, perplexity=bound.perplexity,
                       nll_is_bound=True, nll_method=f"importance sampling, M={m}",
                       nll_std_error=bound.std_error, nll_sentences=bound.num_sentences,
@@ -101,7 +101,8 @@ def sentence_likelihoods(run, ids: list[list[int]], batch_size: int, samples: in
             tell(len(rows))
     if m:
         method = f"importance sampling, M={m}"
-        for rows, log_p, var, lengths in importance_sampled_batches(run, batches, m, seed):
+        for rows, log_p, var, lengths in importance_sampled_batches(run, batches, m, seed,
+                                                                      shard=True):
             tell(len(rows))
             for row, value, v, n in zip(rows, log_p.tolist(), var.tolist(), lengths.tolist()):
                 if out[row] is None:
@@ -141,6 +142,6 @@ def summed_likelihood(sentences: list[SentenceLikelihood | None]) -> dict:
 
 @torch.no_grad()
 def run_predictions(run, ids: list[list[int]], decode: str, batch_size: int, samples: int,
-                    progress=None) -> list[list[tuple[int, int]]]:
-    trees = parse_sentences(run, ids, decode, batch_size, samples, progress)
+                    progress=None, seed: int = 0) -> list[list[tuple[int, int]]]:
+    trees = parse_sentences(run, ids, decode, batch_size, samples, progress, seed)
     return [t.span_lists()[0] for t in trees]

@@ -26,14 +26,16 @@ def _rows(trees: BinaryTrees, pick: torch.Tensor) -> BinaryTrees:
 
 
 @torch.no_grad()
-def draw_trees_for_decoding(run, ids: torch.Tensor, lengths: torch.Tensor, k: int
+def draw_trees_for_decoding(run, ids: torch.Tensor, lengths: torch.Tensor, k: int,
+                            generator: torch.Generator | None = None
                             ) -> tuple[BinaryTrees, torch.Tensor]:
-    """K trees per sentence (rows b·K .. b·K+K−1) and their log p(x, z)."""
+    """K trees per sentence (rows b·K .. b·K+K−1) and their log p(x, z), drawn with
+    `generator` (torch's global one when None)."""
     scorer = run.model
     ids = ids[:, : int(lengths.max())]
     rep_ids, rep_len = ids.repeat_interleave(k, 0), lengths.repeat_interleave(k, 0)
     if has_sampler(run):
-        traj = run.sampler.sample(ids, lengths, k, reward=scorer)
+        traj = run.sampler.sample(ids, lengths, k, reward=scorer, generator=generator)
         return traj.z, traj.log_reward
     if not has_dynamic_program(run.model):     # MC-EM on the non-context-free grammar
         mc = run.config.get("mcem", {})
@@ -42,17 +44,19 @@ def draw_trees_for_decoding(run, ids: torch.Tensor, lengths: torch.Tensor, k: in
         with frozen_tables(run.model):
             trees, log_p, _ = mh_chain(scorer.log_joint, rep_ids, rep_len, start,
                                        int(mc.get("steps", 100)), NT,
-                                       float(mc.get("rotation_prob", 0.5)))
+                                       float(mc.get("rotation_prob", 0.5)),
+                                       generator=generator)
         return trees, log_p
-    trees = sample_posterior(run.model.params(ids, lengths), k)
+    trees = sample_posterior(run.model.params(ids, lengths), k, generator)
     return trees, scorer.log_joint(rep_ids, rep_len, trees)
 
 
 @torch.no_grad()
-def best_of_samples(run, ids: torch.Tensor, lengths: torch.Tensor, k: int) -> BinaryTrees:
+def best_of_samples(run, ids: torch.Tensor, lengths: torch.Tensor, k: int,
+                    generator: torch.Generator | None = None) -> BinaryTrees:
     """Per sentence, the highest-log p(x, z) tree among K draws (B rows)."""
     k = max(int(k), 1)
-    trees, log_p = draw_trees_for_decoding(run, ids, lengths, k)
+    trees, log_p = draw_trees_for_decoding(run, ids, lengths, k, generator)
     B = lengths.shape[0]
     best = log_p.view(B, k).argmax(1) + torch.arange(B, device=log_p.device) * k
     return _rows(trees, best)
@@ -80,8 +84,9 @@ def sample_span_marginals(trees: BinaryTrees, num_inputs: int, k: int) -> torch.
 
 
 @torch.no_grad()
-def sampler_mbr(run, ids: torch.Tensor, lengths: torch.Tensor, k: int) -> BinaryTrees:
+def sampler_mbr(run, ids: torch.Tensor, lengths: torch.Tensor, k: int,
+                generator: torch.Generator | None = None) -> BinaryTrees:
     """MBR decoding on span marginals estimated from K sampled trees per sentence."""
     k = max(int(k), 1)
-    trees, _ = draw_trees_for_decoding(run, ids, lengths, k)
+    trees, _ = draw_trees_for_decoding(run, ids, lengths, k, generator)
     return mbr_decode(sample_span_marginals(trees, lengths.shape[0], k), lengths)

@@ -305,3 +305,29 @@ def test_image_nll_under_torchrun_is_the_one_process_figure(data, tmp_path):
                     ranks=2, check=False)
     assert refused.returncode != 0 and "runs as one process" in refused.stderr
     assert not (tmp_path / "codes.jsonl").exists()
+
+
+def test_grammar_parse_and_corpus_evaluate_under_torchrun_are_the_one_process_outputs(
+        data, tmp_path):
+    run = tmp_path / "run"
+    gfnem("train", REPO / "recipes" / "synthetic-npcfg-gfnem.yaml", "--out", run,
+          "--set", f"data.path={data['corpus']}", *GRAMMAR, "--set", "train.steps=2")
+    for decode in ("viterbi", "sample"):        # sample: the sampler's draws, batch-seeded
+        texts = []
+        for ranks in (1, 2):
+            out = tmp_path / f"{decode}{ranks}.txt"
+            done = gfnem("parse", run, "--input", data["corpus"], "--split", "test",
+                         "--out", out, "--decode", decode, "--samples", 4, "--batch-size", 3,
+                         "--device", "cpu", ranks=ranks)
+            assert done.stdout.count("wrote ") == 1, done.stdout         # rank 0 alone
+            texts.append(out.read_text())
+        assert texts[0] == texts[1] and texts[0].count("\n") == 12
+    figures = []
+    for ranks in (1, 2):
+        out = tmp_path / f"eval{ranks}.json"
+        gfnem("evaluate", run, "--data", data["corpus"], "--samples", 8, "--batch-size", 3,
+              "--decode", "sample", "--device", "cpu", "--json", out, ranks=ranks)
+        figures.append(json.loads(out.read_text()))
+    for key in ("sentence_f1", "corpus_f1", "nll_per_token", "is_nll_per_token",
+                "is_nll_std_error", "nll_sentences"):
+        assert figures[1][key] == pytest.approx(figures[0][key], rel=1e-12), key

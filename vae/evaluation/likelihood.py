@@ -88,7 +88,7 @@ def importance_sampled_nll(model, sampler, batches, samples: int = 5000,
     generator = torch.Generator(device=device).manual_seed(seed)
     for index, batch in enumerate(mine, start=offset):
         if shard:
-            generator = torch.Generator(device=device).manual_seed(batch_seed(seed, index))
+            generator = torch.Generator(device=device).manual_seed(distributed.batch_seed(seed, index))
         images = batch.images.to(device)
         log_w = log_weights(model, sampler, images, samples, chunk, generator)
         for m in wanted:
@@ -98,7 +98,3 @@ def importance_sampled_nll(model, sampler, batches, samples: int = 5000,
     gather = distributed.gather_in_order if shard else (lambda parts: parts)
     return {m: summarize(torch.cat(gather(per_image[m])), m, pixels) for m in wanted}
 
-
-def batch_seed(seed: int, index: int) -> int:
-    """The seed of evaluation batch `index`: distinct per batch, the same on any rank."""
-    return (seed * 1_000_003 + index) % (2 ** 63)
