@@ -141,6 +141,7 @@ def evaluate(
                                batch_size, device, max_images)
         return
     from gfnem_cli.engine import distributed
+    from gfnem_cli.engine.runs import resolve_device
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from gfnem_cli.engine.provenance import provenance
@@ -178,7 +179,7 @@ def evaluate(
                          hint="give the gold trees a file of their own")
     for path in outputs:
         check_output_file(path)
-    world = distributed.join_if_launched(device)   # under torchrun: the batches shared
+    world = distributed.join_if_launched(resolve_device(device))  # torchrun: batches shared
     corpus = load_corpus(data)
     has_gold = corpus.manifest.get("kind") != "text"
     if not has_gold:

@@ -124,9 +124,7 @@ def _join_torchrun(device: str):
     from gfnem_cli.engine import distributed
     from gfnem_cli.engine.runs import resolve_device
 
-    if distributed.launched_by_torchrun():
-        distributed.join(resolve_device(device))
-    return distributed.world()
+    return distributed.join_if_launched(resolve_device(device))
 
 
 def evaluate_images(run: Optional[Path], data: Path, split: str, samples: int,

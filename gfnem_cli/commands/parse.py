@@ -76,6 +76,7 @@ def parse(
     from gfnem_cli.commands import images
     from gfnem_cli.commands.checks import grammar_options_unused
     from gfnem_cli.engine import distributed
+    from gfnem_cli.engine.runs import resolve_device
 
     if images.is_image_run(run):        # an image run: each image's best sampled code grid
         distributed.refuse_under_torchrun("parse")
@@ -108,7 +109,7 @@ def parse(
             raise GfnemError("--gold-out names the --out file", gold_out,
                              hint="give the gold trees a file of their own")
         check_output_file(gold_out)
-    world = distributed.join_if_launched(device)   # under torchrun: the batches shared
+    world = distributed.join_if_launched(resolve_device(device))  # torchrun: batches shared
     trained = families.for_run(run).load_run(run, device, checkpoint)
     decode = resolve_decode(trained, decode)
     data = read_parse_input(input, run, trained.vocab, split, on_warning=warn,

@@ -11,7 +11,7 @@
     em.py           EMOptions, EMLoop: the EM loop of GFlowNet-EM
     schedules.py    the M-step threshold τ(g) and the E-loss moving average
     trainer.py      the training loop: progress, metrics, checkpoints, resume, signals
-    optimizer_step.py  the checked optimizer step (checked_step, check_finite, checked_clip)
+    optimizer_step.py  the checked optimizer step (checked_step; clip_norm, settle: one wait)
     distributed.py  data parallelism under torchrun: shards, gradient sums, agreed decisions
     row_noise.py    train.row_noise: a step's draws keyed by (seed, step, call, global row)
     progress.py     what a run shows while it trains: a live display in a terminal, timestamped
@@ -49,8 +49,7 @@ _EXPORTS = {
     "em": ("EMOptions", "EMLoop"),
     "schedules": ("ThresholdSchedule", "MovingAverage"),
     "trainer": ("Trainer", "TrainerOptions", "TrainingInterrupted", "VALIDATION_NOTES"),
-    "optimizer_step": ("NonFiniteLoss", "checked_step", "check_finite", "checked_clip",
-                     "clear_grads"),
+    "optimizer_step": ("NonFiniteLoss", "checked_step", "clip_norm", "settle", "clear_grads"),
     "importance": ("ImportanceEstimate", "standard_error"),
     "errors": ("GfnemError",),
     "objectives": ("build_objective", "OBJECTIVES", "Objective", "check_on_policy"),

@@ -298,12 +298,10 @@ def map_batches(batches: Sequence[Any], work, seed: int = 0, shard: bool = True,
     return out
 
 
-def join_if_launched(device: torch.device | str) -> World:
+def join_if_launched(device: torch.device) -> World:
     """An evaluation command's process group under torchrun (the world of one otherwise)."""
     if launched_by_torchrun():
-        from gfnem_cli.engine.runs import resolve_device
-
-        join(resolve_device(str(device)))
+        join(device)
     return _world
 
 

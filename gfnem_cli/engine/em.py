@@ -24,7 +24,7 @@ gate is then not consulted.
 
 The baselines run through the same loop by swapping the E-step (`estep.PosteriorEStep`).
 
-Every loss is checked before any optimizer step (`optimizer_step.check_finite`, `optimizer_step.checked_clip`):
+Every loss and gradient norm is checked before any optimizer step (`optimizer_step.settle`):
 a NaN or infinite loss or gradient norm raises `NonFiniteLoss` with all gradients cleared and
 no parameter, optimizer or schedule state changed (a Markov-chain E-step may have moved its
 chains, which stay valid chain states). The E-step gradient never reaches θ: log rewards are
@@ -42,7 +42,7 @@ import torch
 from gfnem_cli.engine import distributed
 from gfnem_cli.engine.family import CountsUnits, Draw, LatentFamily, RaoBlackwellizedMStep
 from gfnem_cli.engine.schedules import MovingAverage, ThresholdSchedule
-from gfnem_cli.engine.optimizer_step import check_finite, checked_clip, clear_grads
+from gfnem_cli.engine.optimizer_step import clear_grads, clip_norm, settle
 
 @dataclass
 class EMOptions:
@@ -88,26 +88,27 @@ class EMLoop:
     def _all_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.model_parameters) + list(getattr(self.estep, "parameters", []))
 
-    def _check(self, value: torch.Tensor) -> None:
-        check_finite(value, self._all_parameters())
-
     # --------------------------------------------------------------------------- one step
     def train_step(self, batch: Any) -> dict[str, float]:
+        """One EM step. The device is waited for twice: for the E-loss the gate reads, and
+        once before the optimizer steps, when every loss and gradient norm is checked finite
+        and the logged figures are read together (`optimizer_step.settle`)."""
         for module in self.modules.values():
             module.train()
         opts, estep = self.options, self.estep
         clear_grads(self._all_parameters())
-        metrics: dict[str, float] = {}
+        metrics: dict = {}
+        losses: list[torch.Tensor] = []
         do_m, ema_next, tau = True, None, None
         phase = opts.phase(self.steps)
         do_e = estep.trains_sampler and phase != "m"
 
         if do_e:
-            loss, e_value, stats = estep.loss(batch)
-            self._check(loss)
+            loss, e_loss, stats = estep.loss(batch)
             loss.backward()
+            losses.append(loss)
             clear_grads(self.model_parameters)            # a sampler loss never moves θ
-            e_value = distributed.weighted_mean(e_value)
+            e_value = distributed.weighted_mean(float(e_loss))     # the gate's wait
             ema_next = self.ema.peek(e_value)
             # gate on the average of the batches before this one: a batch's own E-loss must not
             # choose whether θ learns from it (with length-bucketed batches that would pick
@@ -119,15 +120,14 @@ class EMLoop:
                            tau=tau, **stats)
             sleep, sleep_stats = estep.sleep_loss(batch, self.steps)
             if sleep is not None:
-                self._check(sleep)
                 sleep.backward()
+                losses.append(sleep)
                 clear_grads(self.model_parameters)
                 metrics.update(sleep_stats)
 
         if do_m:
             draw = estep.draw(batch, opts.mstep_samples, opts.importance_weighted)
             log_p, log_joint = self._mstep_terms(batch, draw)
-            self._check(log_p.detach().sum())
             batch_size = log_p.shape[0] // draw.n
             if opts.importance_weighted:
                 grouped = log_p.view(batch_size, draw.n)
@@ -135,29 +135,31 @@ class EMLoop:
                                   + draw.log_pb_minus_log_q.view(batch_size, draw.n).double(),
                                   dim=1).to(log_p.dtype)
                 m_loss = -(w * grouped).sum(1).mean()
-                metrics["iw_ess"] = float((1.0 / (w.double() ** 2).sum(1)).mean())
+                metrics["iw_ess"] = (1.0 / (w.detach().double() ** 2).sum(1)).mean()
             else:
                 m_loss = -log_p.mean()
-            self._check(m_loss)
             m_loss.backward()
-            metrics["mstep_loss"] = float(m_loss.detach())
-            metrics["mstep_log_joint"] = float(log_p.detach().mean())
+            losses += [log_p.detach(), m_loss]
+            metrics["mstep_loss"] = m_loss.detach()
+            metrics["mstep_log_joint"] = log_p.detach().mean()
             if isinstance(self.family, CountsUnits):
                 units = self.family.num_units(batch) * draw.n
                 metrics[f"mstep_nll_per_{self.family.nll_unit}"] = (
-                    float(-log_p.detach().double().sum()) / units)
+                    -log_p.detach().double().sum() / units)
             metrics.update(draw.stats)
             if not do_e:
                 metrics["loss"] = metrics["mstep_loss"]
 
-        # every loss is finite: clip, check the norms, then step
+        # clip, then check every loss and norm (one wait), then step
         everything = self._all_parameters()
+        norms = []
         if do_e:
-            metrics["sampler_grad_norm"] = checked_clip(estep.parameters, estep.grad_clip,
-                                                        clear=everything)
+            norms.append(clip_norm(estep.parameters, estep.grad_clip))
+            metrics["sampler_grad_norm"] = norms[-1] if norms[-1] is not None else 0.0
         if do_m:
-            metrics["model_grad_norm"] = checked_clip(self.model_parameters,
-                                                      opts.model_grad_clip, clear=everything)
+            norms.append(clip_norm(self.model_parameters, opts.model_grad_clip))
+            metrics["model_grad_norm"] = norms[-1] if norms[-1] is not None else 0.0
+        metrics = settle(losses, norms, metrics, clear=everything)
         if do_e:
             estep.optimizer.step()
         if do_m:
@@ -184,8 +186,7 @@ class EMLoop:
         if not self.options.importance_weighted:
             return log_p, None
         with torch.no_grad():
-            log_joint = family.log_joint(batch, draw.z, draw.n)
-        self._check(log_joint.sum())
+            log_joint = family.log_joint(batch, draw.z, draw.n)   # a NaN reaches m_loss
         return log_p, log_joint
 
     # --------------------------------------------------------------------------- trainer API

@@ -59,8 +59,9 @@ class GFlowNetEStep:
         self._last: Trajectories | None = None
 
     # ----------------------------------------------------------------------------- E-step
-    def loss(self, batch: Any) -> tuple[torch.Tensor, float, dict[str, float]]:
-        """(loss to minimise in φ, the E-loss the threshold reads, stats)."""
+    def loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(loss to minimise in φ, the E-loss the threshold reads, stats), the last two as
+        detached device tensors (or floats), read when the step waits for the device."""
         traj = self.family.sample(batch, self.samples_per_input, self.exploration,
                                   self.need_flows)
         if traj.log_reward is None:
@@ -69,7 +70,7 @@ class GFlowNetEStep:
         traj.log_reward = traj.log_reward.detach()
         check_on_policy(self.objective, traj)
         e_loss = self.objective(traj)
-        stats = {"mean_log_reward": float(traj.log_reward.float().mean())}
+        stats = {"mean_log_reward": traj.log_reward.float().mean()}
         stats.update(_objective_stats(self.objective))
         loss = e_loss
         if self.exploration.local_search_rounds > 0:
@@ -79,11 +80,11 @@ class GFlowNetEStep:
             check_on_policy(self.objective, refined.trajectories)
             ls_loss = self.objective(refined.trajectories)
             loss = 0.5 * (e_loss + ls_loss)
-            stats["e_loss_local_search"] = float(ls_loss.detach())
+            stats["e_loss_local_search"] = ls_loss.detach()
             stats["e_ls_acceptance"] = refined.acceptance_rate
-            stats["mean_log_reward_local_search"] = float(refined.log_reward.float().mean())
+            stats["mean_log_reward_local_search"] = refined.log_reward.float().mean()
         self._last = traj
-        return loss, float(e_loss.detach()), stats
+        return loss, e_loss.detach(), stats
 
     def sleep_loss(self, batch: Any, step: int) -> tuple[torch.Tensor | None, dict[str, float]]:
         if self.sleep_weight <= 0 or step % self.sleep_period:
@@ -91,7 +92,7 @@ class GFlowNetEStep:
         count = self.sleep_count or self.family.batch_size(batch)
         x, z = self.family.dream(count)
         nll = -self.family.log_pf_of(x, z).mean()
-        return self.sleep_weight * nll, {"sleep_nll": float(nll.detach())}
+        return self.sleep_weight * nll, {"sleep_nll": nll.detach()}
 
     # ----------------------------------------------------------------------------- draws
     @torch.no_grad()
@@ -164,6 +165,9 @@ def _objective_stats(objective) -> dict[str, float]:
     out = {}
     for key, value in getattr(objective, "last_stats", {}).items():
         if key == "loss":
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            out[f"obj_{key}"] = value.detach()       # read with the step's other figures
             continue
         try:
             out[f"obj_{key}"] = float(value)

@@ -1,11 +1,11 @@
 """The checked optimizer step every method uses (both families, the EM loop, the baselines).
 
-A loss is checked finite before its backward pass, gradients are clipped and their norm
-checked finite, and only then does the optimizer step (`checked_step`, or its parts
-`check_finite` and `checked_clip` where one step combines several losses, as the EM loop
-does). Any failure raises `NonFiniteLoss` with the gradients cleared and no parameter or
-optimizer state changed. Under data parallelism the checks are agreed over ranks and the
-gradients summed over them here, before the norm (`distributed.py`).
+Gradients are clipped (`clip_norm`), then the losses and norms are checked finite and the
+step's logged figures read in one wait for the device (`settle`), and only then does the
+optimizer step (`checked_step`, or those parts where one step combines several losses, as
+the EM loop does). Any failure raises `NonFiniteLoss` with the gradients cleared and no
+parameter or optimizer state changed. Under data parallelism the checks are agreed over
+ranks and the gradients summed over them here, before the norm (`distributed.py`).
 """
 from __future__ import annotations
 
@@ -25,45 +25,48 @@ def clear_grads(params) -> None:
         p.grad = None
 
 
-def check_finite(value: torch.Tensor, params=()) -> None:
-    """Raise `NonFiniteLoss` (gradients of `params` cleared) unless every entry is finite.
-
-    Under data parallelism this check waits for the gradient norm instead: a non-finite loss
-    on any rank makes its gradients non-finite, so the summed gradients' norm in
-    `checked_clip` is non-finite on every rank and all ranks skip the step together, without
-    a collective per loss."""
-    if distributed.world().active:
-        return
-    if not bool(torch.isfinite(value.detach()).all()):
-        clear_grads(params)
-        raise NonFiniteLoss
-
-
-def checked_clip(params, max_norm: float, clear=()) -> float:
+def clip_norm(params, max_norm: float) -> torch.Tensor | None:
     """Clip the gradients of `params` to norm `max_norm` (<= 0 or inf: no clipping) and return
-    their norm; a non-finite norm clears the gradients of `clear` and raises `NonFiniteLoss`.
+    their norm as a device scalar (None when none has a gradient), without waiting for it.
     Under data parallelism the gradients are first summed over ranks (`distributed`), so the
     norm, the clipping and the step are those of the global batch."""
     params = list(params)
     distributed.reduce_gradients(params)
     with_grad = [p for p in params if p.grad is not None]
     if not with_grad:
-        return 0.0
+        return None
     limit = max_norm if max_norm > 0 else math.inf
-    norm = float(torch.nn.utils.clip_grad_norm_(with_grad, limit))
-    if not math.isfinite(norm):
+    return torch.nn.utils.clip_grad_norm_(with_grad, limit).detach()
+
+
+def settle(losses, norms, metrics: dict, clear=()) -> dict[str, float]:
+    """The step's one wait for the device, before any optimizer steps: are the `losses` and
+    gradient `norms` finite, and what are the `metrics` (their tensors become floats)? A
+    non-finite one clears the gradients of `clear` and raises `NonFiniteLoss`. Under data
+    parallelism only the norms count: a non-finite loss on any rank makes the summed
+    gradients' norm non-finite on every rank, so all ranks skip the step together, without a
+    collective per loss. None entries are ignored."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    checks = [] if distributed.world().active else [x for x in losses if x is not None]
+    checks += [x for x in norms if x is not None]
+    values = [metrics[k].detach().double().reshape(()) for k in keys]
+    flags = [torch.isfinite(x.detach()).all().double() for x in checks]
+    parts = values + flags
+    host = (torch.stack([x.to(parts[0].device) for x in parts]).tolist() if parts else [])
+    if not all(host[len(values):]):
         clear_grads(clear)
         raise NonFiniteLoss
-    return norm
+    return {**metrics, **dict(zip(keys, host[:len(values)]))}
 
 
 def checked_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params,
                  max_norm: float) -> float:
-    """finite loss -> backward -> clip -> finite norm -> step; returns the gradient norm."""
+    """backward -> clip -> finite loss and norm (one wait) -> step; returns the gradient norm."""
     params = list(params)
-    check_finite(loss, params)
     clear_grads(params)
     loss.backward()
-    norm = checked_clip(params, max_norm, clear=params)
+    norm = clip_norm(params, max_norm)
+    figures = settle([loss], [norm], {"norm": norm if norm is not None else 0.0},
+                     clear=params)
     optimizer.step()
-    return norm
+    return figures["norm"]

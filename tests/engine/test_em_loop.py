@@ -361,3 +361,34 @@ def test_alternating_phases_move_theta_then_phi_in_blocks():
     assert loop.model_updates == 6
     with pytest.raises(ValueError, match="reuse"):
         make_loop(estep_kw={"mstep_reuse_samples": True}, options_kw={"alternate_every": 3})
+
+
+def test_an_em_step_waits_for_the_device_twice_the_gate_and_the_checks(monkeypatch):
+    """Every tensor -> host conversion (float, int, bool, item, tolist) in one EM step with
+    an M-step and local search: the gate's E-loss and `settle`'s one transfer, no more. (Adam
+    reads its step counters, which torch keeps on the host, inside `optimizer.step`.)"""
+    torch.manual_seed(0)
+    loop, *_ = make_loop(estep_kw={"exploration": Exploration(local_search_rounds=1)})
+    loop.train_step(DATA)
+    waits, stepping = [], []
+    for optimizer in (loop.estep.optimizer, loop.model_optimizer):
+        def step(*args, _real=optimizer.step, **kwargs):
+            stepping.append(True)
+            try:
+                return _real(*args, **kwargs)
+            finally:
+                stepping.pop()
+        monkeypatch.setattr(optimizer, "step", step)
+    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            if not stepping:
+                waits.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    metrics = loop.train_step(DATA)
+    monkeypatch.undo()
+    assert metrics["mstep"] == 1.0 and "e_loss_local_search" in metrics
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert waits == ["__float__", "tolist"], waits
