@@ -14,6 +14,7 @@
     optimizer_step.py  the checked optimizer step (checked_step; clip_norm, settle: one wait)
     distributed.py  data parallelism under torchrun: shards, gradient sums, agreed decisions
     row_noise.py    train.row_noise: a step's draws keyed by (seed, step, call, global row)
+    device_checks.py  expect: invariant checks that never make a GPU wait
     progress.py     what a run shows while it trains: a live display in a terminal, timestamped
                     lines in a file (`--log-every`); live_figures.py: the figures it shows
                     (smoothed loss, EM gate and M-step share, the stalled-model notice)

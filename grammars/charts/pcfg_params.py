@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine.device_checks import expect
+
 
 @dataclass
 class PCFGParams:
@@ -79,9 +81,10 @@ class _SharedRows(torch.autograd.Function):
 def check_lengths(params: PCFGParams) -> torch.Tensor:
     """Sentence lengths on the chart's device, validated against the padded width."""
     lengths = params.lengths.to(params.terms.device).long()
-    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > params.max_length):
-        raise ValueError(f"sentence lengths must lie in [1, {params.max_length}], "
-                         f"got {lengths.tolist()}")
+    if lengths.numel():
+        expect((lengths >= 1) & (lengths <= params.max_length),
+               lambda: f"sentence lengths must lie in [1, {params.max_length}], "
+                       f"got {lengths.tolist()}")
     return lengths
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.behaviour import choose
+from gfnem_cli.engine.device_checks import expect
 from gfnem_cli.engine.trajectories import Trajectories
 from grammars.binary_trees import BinaryTrees
 from grammars.gflownet.back_walk import walk_back
@@ -250,9 +251,8 @@ class TreeSampler(nn.Module):
                 enc = self._encode(forest, emb, r - 1)
         if self.learn_backward and steps > 0:
             lpb.append(torch.zeros(m, dtype=dtype, device=dev))   # terminal: one root to split
-        if bool(bad.any()):
-            raise ValueError("trees do not match the trajectory order: a node was given before "
-                             "its children (use order='width'), or a node/label is invalid")
+        expect(~bad, "trees do not match the trajectory order: a node was given before its "
+                     "children (use order='width'), or a node/label is invalid")
 
         def stack(xs, kind=dtype):
             return torch.stack(xs, 1) if xs else torch.zeros(m, 0, dtype=kind, device=dev)
@@ -297,8 +297,7 @@ class TreeSampler(nn.Module):
             raise ValueError(f"ids has {b} rows but lengths has {lengths.shape[0]}")
         if b == 0 or rows % b:
             raise ValueError(f"{rows} trajectories cannot be split evenly over {b} inputs")
-        if bool((lengths < 1).any()):
-            raise ValueError("every sentence needs at least one word")
+        expect(lengths >= 1, "every sentence needs at least one word")
         n_per = rows // b
         lengths = lengths.to(ids.device).long()
         return ids.repeat_interleave(n_per, 0), lengths.repeat_interleave(n_per, 0), b, n_per
