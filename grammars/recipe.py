@@ -12,11 +12,14 @@ from gfnem_cli.engine.objectives.from_recipe import (
     DIVERGENCES, GRAD_CLIP, LEARNING_RATE, OBJECTIVE_NAMES, em_section, exploration_section,
     extend, objective_section, shared_conflicts, train_section)
 from gfnem_cli.engine.recipe_schema import (AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NAME,
-                                            PROBABILITY, TEXT, Conflict, Integer, Key, OneOf,
-                                            Schema, ZeroOr, register_schema, split_schema)
+                                            NON_NEGATIVE, POSITIVE, PROBABILITY, TEXT, Conflict,
+                                            Integer, Key, OneOf, Schema, ZeroOr,
+                                            register_schema, split_schema)
 
 # the choices each string key's consumer accepts (kept in step with them by a test)
-METHODS = ("marginal", "gfnem", "exact-sampling", "mcem")   # grammars.run, training.em_methods
+METHODS = ("marginal", "gfnem", "exact-sampling", "mcem",   # grammars.run, training.em_methods
+           "shape-ebm")                                      # (shape-ebm: grammars.shape_prior)
+PRIOR_SCHEDULES = ("geometric", "linear")                    # shape_prior.reward.SCHEDULES
 KINDS = ("npcfg", "cpcfg", "ncfg")                           # grammars.models.KINDS
 INSIDE = ("ours", "torch-struct")                            # grammars.charts.backends
 OBJECTIVES = OBJECTIVE_NAMES                                 # gfnem_cli.engine.objectives
@@ -25,7 +28,8 @@ LOCAL_SEARCH_K = ("fixed", "uniform")                       # gflownet.local_sea
 SELECT_METRICS = ("val_nll_per_token", "val_sentence_f1",    # the NLL (lower is better), or
                   "val_corpus_f1")                           # training.validation_f1.F1_METRICS
 __all__ = ["CONTROL_VARIATES", "DIVERGENCES", "GRAMMAR", "GRAMMAR_DEFAULTS", "GRAMMAR_RANGES",
-           "INSIDE", "KINDS", "LOCAL_SEARCH_K", "METHODS", "MSTEP_LABELS", "OBJECTIVES", "SELECT_METRICS"]
+           "INSIDE", "KINDS", "LOCAL_SEARCH_K", "METHODS", "MSTEP_LABELS", "OBJECTIVES", "PRIOR_SCHEDULES",
+           "SELECT_METRICS"]
 
 LENGTH_CAP = ZeroOr(Integer(lo=2), "no cap")   # a cap of 1 leaves no sentence to train on
 
@@ -89,7 +93,24 @@ GRAMMAR_SCHEMA: dict = {
     }), "sleep_batch_size", {
         "sleep_max_length": Key(0, ZeroOr(Integer(lo=2), "data.max_train_length")),  # dreams
                                     # of at most this many words
+        # method gfnem: a tree-shape prior in the sampler's reward (Hu et al. 2023 §5.2),
+        # log R = log p(x, z) - E(shape(z)) / T; the run directory of a `method: shape-ebm`
+        # run (relative to the cwd), "" = none. The M-step still maximizes log p(x, z).
+        "shape_prior": Key("", TEXT),
+        "shape_prior_temperature_start": Key(1.0, POSITIVE),    # T at grammar update 0 ...
+        "shape_prior_temperature_end": Key(1000.0, POSITIVE),   # ... and from the horizon on
+        "shape_prior_temperature_horizon": Key(0, COUNT),       # grammar updates; 0 = train.
+                                                                # max_model_updates (the run)
+        "shape_prior_schedule": Key("geometric", OneOf(*PRIOR_SCHEDULES)),  # the authors' exp
     }),
+    "shape_ebm": {                        # method shape-ebm (grammars.shape_prior): the prior
+        "dim": Key(16, AT_LEAST_ONE),             # node vector width (the authors': 16)
+        "length_conditioned": Key(True, BOOLEAN),  # the read-out also sees log n, n/20
+        "mh_steps": Key(1, AT_LEAST_ONE),         # rotation MH steps per chain per step
+        "reset_prob": Key(0.5, PROBABILITY),      # chain restarts at a gold shape (authors: 0.5)
+        "energy_l2": Key(0.01, NON_NEGATIVE),     # + l2 * mean(E+^2 + E-^2) (authors: 0)
+        "valid_mh_steps": Key(100, AT_LEAST_ONE),  # validation chains' length
+    },
     "mcem": {                             # method mcem (grammars.training.mcem)
         "steps": Key(100, AT_LEAST_ONE),          # MH steps per training step (paper: 1000)
         "rotation_prob": Key(0.5, PROBABILITY),   # else relabel a node
@@ -120,10 +141,28 @@ def grammar_conflicts(config: dict):
                        f"train.select_metric {train['select_metric']} needs the validation F1, "
                        "which train.valid_f1: false turns off",
                        "set train.valid_f1: true, or train.select_metric: val_nll_per_token")
+    yield from _prior_conflicts(config)
     if gfnem and sampler["d_model"] % sampler["num_heads"]:
         yield Conflict(("sampler.num_heads", "sampler.d_model"),
                        f"sampler.num_heads ({sampler['num_heads']}) must divide sampler.d_model "
                        f"({sampler['d_model']})", "e.g. d_model: 512 with num_heads: 4")
+
+
+def _prior_conflicts(config: dict):
+    em = config["em"]
+    if not em["shape_prior"]:
+        return
+    if config["method"] != "gfnem":
+        yield Conflict(("em.shape_prior", "method"),
+                       f"em.shape_prior tilts the tree GFlowNet's reward; method "
+                       f"{config['method']} has no sampler to read it",
+                       "set method: gfnem, or em.shape_prior: ''")
+    elif not (em["shape_prior_temperature_horizon"] or config["train"]["max_model_updates"]):
+        yield Conflict(("em.shape_prior_temperature_horizon", "train.max_model_updates"),
+                       "em.shape_prior_temperature_horizon: 0 anneals over "
+                       "train.max_model_updates, which is 0 (no cap)",
+                       "set em.shape_prior_temperature_horizon to a number of grammar updates, "
+                       "or train.max_model_updates")
 
 
 GRAMMAR = Schema(GRAMMAR_DEFAULTS, GRAMMAR_RANGES, grammar_conflicts)

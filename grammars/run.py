@@ -5,7 +5,9 @@ module adds what a grammar run keeps beside the engine's files: RUN/vocab.json (
 needs no corpus), RUN/corpus_manifest.json and, for a synthetic corpus, RUN/true_grammar.json,
 and the grammar's lines of the run's header (corpus sizes, vocabulary, what validation
 measures). best.pt is chosen by `train.select_metric`: the validation NLL per token (lowest),
-or a validation F1 (highest; `training/validation_f1.py`).
+or a validation F1 (highest; `training/validation_f1.py`). `method: shape-ebm` trains no grammar
+but the tree-shape prior a gfnem recipe reads (`shape_prior/training.py`): its run has no best.pt,
+and `load_run` refuses it (it has nothing to parse, sample or evaluate with).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from grammars.data.batching import BucketedSchedule, in_order_batches
 from grammars.data.corpus import load_corpus
 from grammars.models import build_grammar
 from grammars.recipe import GRAMMAR_DEFAULTS
+from grammars.shape_prior.training import METHOD as SHAPE_EBM
+from grammars.shape_prior.training import build_shape_ebm_method
 from grammars.training.em_methods import build_em_method, load_sampler
 from grammars.training.exact_marginal import ExactMarginalMethod
 from grammars.training.validation_f1 import F1_METRICS, validation_f1
@@ -138,18 +142,25 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
                          corpus.path)
     dev = resolve_device(device)
     torch.manual_seed(config["train"]["seed"])
-    model = build_model(config, len(corpus.vocab)).to(dev)
-    inside = inside_backend(config["inside"])
-    method, f1, valid_count = _build_method(config, model, corpus, dev, inside)
     train = config["train"]
+    select = train["select_metric"]
+    if config["method"] == SHAPE_EBM:
+        method, lines = build_shape_ebm_method(config, corpus, dev)
+        select, sampler = "", None
+        lines = describe(config, corpus, train_ids, 0, None, None, None)[:1] + lines
+    else:
+        model = build_model(config, len(corpus.vocab)).to(dev)
+        inside = inside_backend(config["inside"])
+        method, f1, valid_count = _build_method(config, model, corpus, dev, inside)
+        sampler = getattr(method, "modules", {}).get("sampler")
+        lines = describe(config, corpus, train_ids, valid_count, f1, model, sampler)
     schedule = BucketedSchedule(train_ids, train["batch_size"], train["seed"],
                                 config["data"]["max_train_length"],
                                 train["curriculum_start"], train["curriculum_increment"])
     options = TrainerOptions(steps=train["steps"], max_model_updates=train["max_model_updates"],
                              eval_every=train["eval_every"],
                              checkpoint_every=train["checkpoint_every"],
-                             select_metric=train["select_metric"],
-                             select_maximize=train["select_metric"] in F1_METRICS,
+                             select_metric=select, select_maximize=select in F1_METRICS,
                              show_progress=show_progress, log_every=log_every)
     trainer = Trainer(out, method, schedule, options, config, corpus.manifest["fingerprint"],
                       items_in=len, device=dev)
@@ -158,10 +169,8 @@ def train_run(recipe: Path | None, out: Path, overrides: list[str], resume: bool
     if (corpus.path / "grammar.json").exists():
         files["true_grammar.json"] = (corpus.path / "grammar.json").read_text(encoding="utf-8")
     saved = saved_config(out) if resume and state.has_checkpoint else None
-    sampler = getattr(method, "modules", {}).get("sampler")
     return launch(trainer, state, resume, saved, files, config, dev, train["seed"], command,
-                  describe(config, corpus, train_ids, valid_count, f1, model, sampler),
-                  networks=networks(sampler))
+                  lines, networks=networks(sampler))
 
 
 def networks(sampler) -> tuple:
@@ -197,6 +206,10 @@ def load_run(run_dir: Path, device: str = "auto", which: str = BEST,
     if which not in (BEST, "last"):
         raise GfnemError(f"unknown checkpoint {which!r}", hint="use best or last")
     config = saved_config(run_dir)
+    if config["method"] == SHAPE_EBM:
+        raise GfnemError("this run is a tree-shape prior (method shape-ebm): it holds no "
+                         "grammar to parse, sample, score or evaluate with", run_dir,
+                         hint="use it as em.shape_prior of a gfnem recipe")
     vocab = Vocabulary.load(run_dir / "vocab.json")
     path = checkpoint_path(run_dir, which, on_warning)
     state = ckpt.load(path)

@@ -99,8 +99,9 @@ def train(
     by_f1 = (f"best {chosen} {best[chosen]:.2f} at step {report['best_step']}"
              f"{_also_nll(best)}; " if chosen and chosen.endswith("_f1")
              and best.get(chosen) is not None else "")
+    updated = report.get("updated") or ("model" if image else "grammar")
     console.print(f"[bold green]done[/]: {report['steps']} steps ({report['model_updates']} "
-                  f"{'model' if image else 'grammar'} updates) in {report['train_seconds']} s; "
+                  f"{updated} updates) in {report['train_seconds']} s; "
                   + by_f1
                   + (f"best val NLL/token {best['val_nll_per_token']:.4f} at step "
                      f"{report['best_step']}{_also_f1(best)}; "

@@ -43,8 +43,10 @@ VALIDATION_NOTES = "notes"     # a validation's lines of text to show, not figur
 class Method(Protocol):
     """`model_updates` (optional attribute): optimizer steps taken on the model's parameters θ
     so far; an EM method skips the M-step on some batches, so it can be fewer than the steps.
-    Without it, every finite step counts as one update. `modules` (optional, name -> module)
-    is what the run's header counts parameters of (`run_header.py`).
+    Without it, every finite step counts as one update. `updated` (optional): what those
+    updates update, for the report's "N ... updates" ("prior"; default the family's model).
+    `modules` (optional, name -> module) is what the run's header counts parameters of
+    (`run_header.py`).
 
     `validate` returns figures; under `VALIDATION_NOTES` it may add lines of text for the
     progress display (an example parse), which are shown and not logged."""
@@ -355,6 +357,7 @@ class Trainer:
                     self._checkpoint()
                     raise TrainingInterrupted(self.step, self.last_path)
         report = {"steps": self.step, "model_updates": self.model_updates(),
+                  "updated": getattr(self.method, "updated", None),
                   "epochs_started": self.epoch + 1,
                   "train_seconds": round(self.elapsed, 2), "best_step": self.best["step"],
                   "select_metric": opts.select_metric or None,

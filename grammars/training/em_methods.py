@@ -23,6 +23,12 @@ bound uses a uniform tree proposal, which loosens as the grammar sharpens, so it
 `train.select_metric` chooses an F1). With gold trees, validation also gives bracketing F1
 (`validation_f1.py`, passed in as `valid_f1`).
 
+With `em.shape_prior` (gfnem only) the sampler's reward is log p_θ(x, z) − E_ψ(shape(z)) / T, E_ψ
+a tree-shape prior trained by `method: shape-ebm` (`grammars.shape_prior`, Hu et al. §5.2); the
+M-step still maximizes log p_θ, and the prior is saved in the run's checkpoints. `shape-ebm`
+is listed in METHODS with the EM methods (the recipe's choices besides `marginal`), but
+`grammars.run` builds it (`shape_prior.training`): it trains no grammar.
+
 The compound PCFG is refused here: its per-sentence latent would need its own E-step.
 """
 from __future__ import annotations
@@ -39,10 +45,15 @@ from grammars.evaluation.importance_bound import (SamplerProposal, UniformTreePr
 from grammars.evaluation.likelihood import corpus_likelihood
 from grammars.gflownet import TreeSampler
 from grammars.models.capabilities import has_dynamic_program
-from grammars.training.family import MSTEP_LABELS, GrammarFamily, SummedLabelsFamily, inputs
+from grammars.shape_prior.reward import (ShapePriorEMLoop, ShapePriorReward, load_shape_prior,
+                                         schedule_from_config)
+from grammars.shape_prior.training import METHOD as SHAPE_EBM
+from grammars.training.family import (MSTEP_LABELS, WITH_PRIOR, GrammarFamily,
+                                      SummedLabelsFamily, inputs)
 from grammars.training.mcem import MCEMDraws
 
-METHODS = ("gfnem", "exact-sampling", "mcem")
+EM_METHODS = ("gfnem", "exact-sampling", "mcem")
+METHODS = EM_METHODS + (SHAPE_EBM,)
 
 
 def build_sampler(config: dict, vocab_size: int, num_nonterminals: int):
@@ -111,7 +122,7 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
                     valid_f1=None) -> EMLoop:
     method = config["method"]
     kind = getattr(model, "kind", config["model"]["kind"])
-    if method not in METHODS:
+    if method not in EM_METHODS:
         raise GfnemError(f"unknown method '{method}'",
                          hint="use marginal, " + ", ".join(METHODS))
     if kind == "cpcfg":
@@ -131,11 +142,15 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
     dream_len = em["sleep_max_length"] or config["data"]["max_train_length"] or 20
     model_opt = model_optimizer_from_config(config, model.parameters())
     options = em_options_from_config(config)
-    sampler = None
+    sampler = reward = None
     if method == "gfnem":
+        if em["shape_prior"]:
+            reward = ShapePriorReward(model, load_shape_prior(em["shape_prior"], device),
+                                      schedule_from_config(config))
+            family_class = WITH_PRIOR[em["mstep_labels"]]
         sampler = build_sampler(config, model.vocab_size, model.num_nonterminals).to(device)
         family = family_class(model, sampler, device, dream_len, s["local_search_k"],
-                              s["local_search_continue"])
+                              s["local_search_continue"], reward)
         objective, need_flows = objective_from_config(config, s["learn_backward"])
         if em["importance_weighted"] and em["mstep_local_search_rounds"] > 0:
             raise GfnemError("em.importance_weighted needs the proposal density of the M-step "
@@ -151,6 +166,8 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
             mstep_local_search_rounds=em["mstep_local_search_rounds"],
             mstep_reuse_samples=em["mstep_reuse_samples"])
         modules = {"model": model, "sampler": sampler}
+        if reward is not None:
+            modules["shape_prior"] = reward.prior
     else:
         family = family_class(model, None, device, dream_len)
         if em["importance_weighted"]:
@@ -174,6 +191,9 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
         modules = {"model": model}
     validate = _validator(model, sampler, valid_batches, inside, device,
                           em["valid_samples"], train["seed"], valid_f1)
+    if reward is not None:
+        return ShapePriorEMLoop(family, estep, model_opt, model.parameters(), options, validate,
+                                modules, reward=reward)
     return EMLoop(family, estep, model_opt, model.parameters(), options, validate, modules)
 
 

@@ -5,7 +5,12 @@ and, for GFlowNet-EM, its tree sampler.
 local search on trees, with the grammar's tables frozen), `SleepPhase` (sentences and trees
 dreamt from the grammar) and `CountsUnits` (NLL per token, one `</s>` per sentence counted);
 `SummedLabelsFamily` adds the `RaoBlackwellizedMStep` of `em.mstep_labels: summed`.
-The grammar model itself is the reward the sampler reads (`log_joint`, `partial_log_joint`).
+The grammar model itself is the reward the sampler reads (`log_joint`, `partial_log_joint`),
+unless a `reward` is given: with `em.shape_prior`, `PriorFamily` / `SummedPriorFamily` hand the
+sampler and local search log R = log p_θ(x, z) − E_ψ(shape(z)) / T (`grammars.shape_prior`),
+score with it wherever the engine asks for the E-step's target (`log_joint`: rewards left
+unset, the importance weights of the M-step), and give the M-step log p_θ alone
+(`mstep_log_likelihood`).
 """
 from __future__ import annotations
 
@@ -31,8 +36,10 @@ class GrammarFamily:
     nll_unit = "token"            # `CountsUnits`: one `</s>` per sentence counted (DESIGN §6)
 
     def __init__(self, model, sampler, device, dream_max_length: int = 20,
-                 local_search_k: str = "fixed", local_search_continue: bool = False):
+                 local_search_k: str = "fixed", local_search_continue: bool = False,
+                 reward=None):
         self.model, self.sampler, self.device = model, sampler, device
+        self.reward = reward if reward is not None else model   # what the sampler reads
         self.dream_max_length = dream_max_length
         self.local_search_k, self.local_search_continue = local_search_k, local_search_continue
         self._chain = None     # (E-step trajectories, their refined trees, log R) of this step
@@ -51,7 +58,7 @@ class GrammarFamily:
     def sample(self, batch, n: int, exploration: Exploration, need_flows: bool):
         ids, lengths = inputs(batch, self.device)
         return self.sampler.sample(ids, lengths, n, temperature=exploration.temperature,
-                                   epsilon=exploration.epsilon, reward=self.model,
+                                   epsilon=exploration.epsilon, reward=self.reward,
                                    need_flows=need_flows)
 
     def refine(self, batch, traj, exploration: Exploration, rounds: int, rescore: bool,
@@ -64,7 +71,7 @@ class GrammarFamily:
         if not rescore and chain is not None and chain[0] is traj:
             start, log_r = chain[1], chain[2]
         with frozen_tables(self.model):      # θ is fixed during the E-step: score cheaply
-            result = local_search(self.sampler, ids, lengths, start, self.model,
+            result = local_search(self.sampler, ids, lengths, start, self.reward,
                                   k=exploration.local_search_steps, rounds=rounds,
                                   temperature=exploration.temperature,
                                   epsilon=exploration.epsilon, rescore=rescore,
@@ -103,4 +110,30 @@ class SummedLabelsFamily(GrammarFamily):
                                                lengths.repeat_interleave(n, 0), z)
 
 
+def _reward_log_joint(family: GrammarFamily, batch, z, n: int) -> torch.Tensor:
+    ids, lengths = inputs(batch, family.device)
+    return family.reward.log_joint(ids.repeat_interleave(n, 0),
+                                   lengths.repeat_interleave(n, 0), z)
+
+
+class PriorFamily(GrammarFamily):
+    """`em.shape_prior` with `em.mstep_labels: sampled`: `log_joint` is the E-step's target
+    log R (the shape prior's tilt included); the M-step maximizes log p_θ(x, z)."""
+
+    def log_joint(self, batch, z, n: int) -> torch.Tensor:
+        return _reward_log_joint(self, batch, z, n)
+
+    def mstep_log_likelihood(self, batch, z, n: int) -> torch.Tensor:
+        return GrammarFamily.log_joint(self, batch, z, n)
+
+
+class SummedPriorFamily(SummedLabelsFamily):
+    """`em.shape_prior` with `em.mstep_labels: summed`: `log_joint` is log R; the M-step
+    maximizes log p_θ(x, s), the labels summed out (inherited)."""
+
+    def log_joint(self, batch, z, n: int) -> torch.Tensor:
+        return _reward_log_joint(self, batch, z, n)
+
+
 MSTEP_LABELS = {"sampled": GrammarFamily, "summed": SummedLabelsFamily}
+WITH_PRIOR = {"sampled": PriorFamily, "summed": SummedPriorFamily}
