@@ -105,7 +105,12 @@ def save_atomic(state: dict[str, Any], path: Path, keep_previous: Path | None = 
 
 
 def _keep(current: Path, previous: Path) -> None:
-    """`previous` becomes the file at `current` in one rename, never a torn file."""
+    """`previous` becomes the file at `current` in one rename, never a torn file. When it is
+    that file already (a write killed after the last keep leaves the two names on one file),
+    there is nothing to do: a rename between two links of one file would do nothing and
+    leave the new link behind."""
+    if previous.exists() and os.path.samefile(current, previous):
+        return
     link = temporary_name(previous.parent, "." + previous.name + ".", ".tmp")
     try:
         try:

@@ -176,6 +176,19 @@ def test_a_damaged_last_is_never_kept_as_previous(tmp_path):
     assert ckpt.load(tmp_path / "previous.pt")["step"] == 3     # the intact older one
 
 
+def test_a_write_killed_after_the_keep_leaves_no_temporary_at_the_next_one(tmp_path):
+    """Killed between keeping last.pt as previous.pt (a hard link) and replacing last.pt, a
+    run resumes with both names on one file; the next checkpoint must not leave the link it
+    makes behind (a rename between two links of one file does nothing)."""
+    last = saved_twice(tmp_path)
+    previous = ckpt.previous_of(last)
+    previous.unlink()
+    os.link(last, previous)                      # the state such a kill leaves
+    ckpt.save_atomic(state(9), last, keep_previous=previous)
+    assert ckpt.load(last)["step"] == 9 and ckpt.load(previous)["step"] == 6
+    assert not temporaries(tmp_path)
+
+
 def test_previous_is_a_copy_where_hard_links_fail(tmp_path, monkeypatch):
     last = saved_twice(tmp_path)
     kept = last.read_bytes()
