@@ -234,7 +234,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- logging
     def elapsed_s(self) -> float:
-        """Wall seconds the run has been training, over every session: a resume continues
+        """Wall seconds since the run began, over every session, validations and checkpoints
+        included (report.json's `train_seconds` counts the steps alone): a resume continues
         from the checkpoint's figure, so `elapsed_s` never goes back in a resumed log."""
         if self._session_began is None:
             return self.wall_elapsed
