@@ -2,7 +2,8 @@
 
 Both consoles print with `soft_wrap`, so an error, a warning or a note stays one line however
 narrow the terminal or pipe is: log scrapers and `grep` see the whole of it. Under torchrun
-only rank 0 prints (the other ranks' consoles are quiet), so a command says everything once.
+only rank 0 prints progress, warnings and reports (the other ranks' consoles are quiet), so a
+command says everything once; an error is the exception, said by every rank that meets it.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import time
 import typer
 from rich.console import Console
 
-_QUIET = os.environ.get("RANK", "0") not in ("", "0")      # a torchrun rank other than 0
+_RANK = os.environ.get("RANK", "0") or "0"
+_QUIET = _RANK != "0"                                       # a torchrun rank other than 0
 console = Console(soft_wrap=True, quiet=_QUIET)   # messages never wrap; tables still fit
 err_console = Console(stderr=True, soft_wrap=True, quiet=_QUIET)
+_failure_console = Console(stderr=True, soft_wrap=True)    # every rank, quiet or not
 
 
 def warn(message: str) -> None:
@@ -26,8 +29,12 @@ def warn(message: str) -> None:
 
 
 def error_line(message: str) -> None:
-    """Printed once: under torchrun every rank meets the same error, rank 0 says it."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Said by every rank that fails, a rank other than 0 naming itself: torchrun stops the
+    other ranks as soon as one exits, so the first to fail may be the only one heard, and a
+    failure of one rank alone (its node's disk, its data) must be heard too."""
+    where = "" if not _QUIET else f"rank {_RANK}: "
+    _failure_console.print(f"[bold red]error:[/] {where}{message}", highlight=False,
+                           soft_wrap=True)
 
 
 def friendly_errors(command):
@@ -48,7 +55,7 @@ def friendly_errors(command):
             error_line(_escape(str(os_error(exc, doing="cannot read or write"))))
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
+            err_console.print("[bold red]interrupted[/]")      # rank 0 stands for all
             sys.exit(130)
 
     return wrapper

@@ -75,6 +75,21 @@ def gfnem(*args, ranks: int = 1, check: bool = True, device: str = "cpu"
     return done
 
 
+
+def test_an_error_on_a_rank_other_than_0_is_heard_and_names_the_rank(tmp_path):
+    """torchrun stops every rank once one exits, so a rank's error may be the only one said
+    (CI once saw rank 1 refuse first and rank 0 stopped before its line): each rank says it."""
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "1"}
+    for rank, prefix in (("1", "rank 1: "), ("0", "")):
+        env["RANK"] = rank
+        done = subprocess.run([sys.executable, "-m", "gfnem_cli", "parse", str(tmp_path / "none"),
+                               "--input", str(tmp_path), "--out", str(tmp_path / "out.txt")],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=REPO)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: {prefix}"), lines[0]
+        assert not (tmp_path / "out.txt").exists()
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
