@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from gfnem_cli.engine.family import (Draw, Exploration, LocalSearch, SamplerFamily,
-                                     SleepPhase)
+from gfnem_cli.engine.family import (LOCAL_SEARCH_LOSSES, Draw, Exploration, LocalSearch,
+                                     SamplerFamily, SleepPhase)
 from gfnem_cli.engine.objectives.off_policy import check_on_policy
 from gfnem_cli.engine.trajectories import Trajectories
 
@@ -47,6 +47,8 @@ class GFlowNetEStep:
         if (exploration.local_search_rounds or mstep_local_search_rounds) and not isinstance(
                 family, LocalSearch):
             raise ValueError("local search needs family.refine")
+        if exploration.local_search_loss not in LOCAL_SEARCH_LOSSES:
+            raise ValueError(f"local_search_loss must be one of {LOCAL_SEARCH_LOSSES}")
         self.family, self.objective, self.optimizer = family, objective, optimizer
         self.parameters = list(parameters)
         self.samples_per_input, self.exploration = samples_per_input, exploration
@@ -77,8 +79,13 @@ class GFlowNetEStep:
             refined = self.family.refine(batch, traj, self.exploration,
                                          self.exploration.local_search_rounds, True,
                                          self.need_flows)
-            check_on_policy(self.objective, refined.trajectories)
-            ls_loss = self.objective(refined.trajectories)
+            if self.exploration.local_search_loss == "path":
+                if refined.path_residual is None:
+                    raise ValueError("local_search_loss 'path' needs the family's path residual")
+                ls_loss = refined.path_residual.pow(2).mean()    # TB's scale: nats²
+            else:
+                check_on_policy(self.objective, refined.trajectories)
+                ls_loss = self.objective(refined.trajectories)
             loss = 0.5 * (e_loss + ls_loss)
             stats["e_loss_local_search"] = ls_loss.detach()
             stats["e_ls_acceptance"] = refined.acceptance_rate

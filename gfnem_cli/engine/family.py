@@ -25,15 +25,21 @@ import torch
 from gfnem_cli.engine.trajectories import Trajectories
 
 
+LOCAL_SEARCH_LOSSES = ("rescore", "path")     # what local-search-refined latents train
+
+
 @dataclass(frozen=True)
 class Exploration:
     """How the E-step samples: behaviour policy q = (1−ε)·softmax(logits/T) + ε·uniform,
     then `local_search_rounds` rounds of back-and-forth MH refinement (k = local_search_steps
-    backward steps and as many forward ones)."""
+    backward steps and as many forward ones). What the refined latents train
+    (`local_search_loss`): "rescore", the objective on their teacher-forced trajectories, or
+    "path", the balance of the last round's back-and-forth path (`Refined.path_residual`)."""
     temperature: float = 1.0
     epsilon: float = 0.0
     local_search_rounds: int = 0
     local_search_steps: int = 2
+    local_search_loss: str = "rescore"
 
     @property
     def on_policy(self) -> bool:
@@ -45,8 +51,10 @@ class Refined:
     """What local search hands back: the refined latents and, when asked, their trajectories."""
     z: Any
     log_reward: torch.Tensor                 # (B·N,) detached
-    acceptance_rate: float
-    trajectories: Trajectories | None = None
+    acceptance_rate: float | torch.Tensor    # a device scalar is read with the step's figures
+    trajectories: Trajectories | None = None  # for_loss, "rescore": the latents' trajectories
+    path_residual: torch.Tensor | None = None  # for_loss, "path": (B·N,) log-flow mismatch of
+    # the last round's path x → s → x', with gradients; zero for a balanced sampler
 
 
 @dataclass
@@ -83,10 +91,11 @@ class SamplerFamily(LatentFamily, Protocol):
 class LocalSearch(Protocol):
     """Back-and-forth local search: `rounds` rounds of k = exploration.local_search_steps
     backward steps with P_B and as many forward with P_F, each accepted by Metropolis–Hastings;
-    with `rescore`, the refined latents' trajectories come back for the E-step loss."""
+    `for_loss` (the E-step's rounds): the training signal `exploration.local_search_loss`
+    names comes back with them (the M-step's draws need none)."""
 
     def refine(self, batch: Any, traj: Trajectories, exploration: Exploration, rounds: int,
-               rescore: bool, need_flows: bool) -> Refined: ...
+               for_loss: bool, need_flows: bool) -> Refined: ...
 
 
 @runtime_checkable

@@ -19,12 +19,19 @@ class SentenceBatch:
     ids: torch.Tensor        # (B, n) long, padded with 0
     lengths: torch.Tensor    # (B,) long
     index: torch.Tensor      # (B,) rows of the split, for aligning outputs
+    host_lengths: torch.Tensor | None = None   # the lengths on the host, once `to` moved them
 
     def to(self, device) -> "SentenceBatch":
         """On a GPU: pinned, then copied without waiting (the step's first kernels queue
-        behind the copy instead of the host waiting for it)."""
+        behind the copy instead of the host waiting for it). The lengths stay on the host
+        too: what a step sizes by them (the longest sentence, token counts, the sampler's
+        rollouts) is read there, without waiting for the device."""
         return SentenceBatch(to_device(self.ids, device), to_device(self.lengths, device),
-                             self.index)
+                             self.index, self.lengths_on_host)
+
+    @property
+    def lengths_on_host(self) -> torch.Tensor:
+        return self.lengths if self.host_lengths is None else self.host_lengths
 
     def __len__(self) -> int:
         return self.lengths.shape[0]

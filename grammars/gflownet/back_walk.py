@@ -16,6 +16,7 @@ import torch
 
 from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.behaviour import choose
+from gfnem_cli.engine.device_checks import expect
 from grammars.gflownet.forest import Forest, read_slots
 
 
@@ -30,15 +31,20 @@ class BackWalk:
 
 
 def walk_back(sampler, forest: Forest, emb: torch.Tensor, num_steps: torch.Tensor,
-              generator: torch.Generator | None = None, forward: bool = False,
+              max_steps: int, generator: torch.Generator | None = None, forward: bool = False,
               temperature: float = 1.0, epsilon: float = 0.0,
               noise: row_noise.RowNoise | None = None) -> BackWalk:
     """Split up to num_steps[m] roots of each row with P_B; with `forward`, score P_F too.
-    `noise`: the rows' own uniforms (draw j at back step j) instead of `generator`."""
+    `max_steps` = num_steps.max(), known on the host (so the walk reads nothing from the
+    device); the row with the most steps is one with the most roots (terminal forests: one
+    root each). `noise`: the rows' own uniforms (draw j at back step j) instead of
+    `generator`."""
     m = forest.num_roots.shape[0]
     dev, dtype = emb.device, emb.dtype
-    k = int(num_steps.max().item()) if m else 0
-    r0 = int(forest.num_roots.max().item()) if m else 1
+    k = max_steps if m else 0
+    if m:
+        expect(num_steps.max() == k, f"max_steps = {k} is not the most steps of a row")
+    r0 = forest.widest
     big_l = forest.max_len
     zero = torch.zeros(m, dtype=dtype, device=dev)
     splits, log_pb, log_pf, log_q = [], zero, zero, zero

@@ -12,6 +12,13 @@ the node stays in the table marked dead until `compact()` renumbers the survivor
 node order is always a valid bottom-up construction order.
 All methods are functional (return a new Forest) and take an `active` mask: rows whose
 trajectory has ended (or has no step left) are left unchanged.
+
+`widest`, the most roots any row has, is a host int that every action keeps exact, so a
+rollout sizes its encoder calls and counts its steps without reading the device (a GPU
+would wait for each such read). A merge steps every row at the widest (rollouts step every
+unfinished row) and a split one row there at least (a walk back from terminal forests splits
+the row with the most steps left at every step); the sampler's tests check widest against
+num_roots along rollouts, walks and local search.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from gfnem_cli.engine.device_checks import expect
 from grammars.binary_trees import BinaryTrees
 
 
@@ -53,15 +61,21 @@ class Forest:
     roots: torch.Tensor       # (M, L) slots of the current roots, -1 padded
     num_roots: torch.Tensor   # (M,)
     num_nodes: torch.Tensor   # (M,) node slots allocated (L .. L+num_nodes-1)
+    widest: int = 1           # host: num_roots.max() (1 for an empty batch)
 
     # ----------------------------------------------------------------------- construction
     @staticmethod
-    def leaves(lengths: torch.Tensor, max_len: int | None = None) -> "Forest":
-        """The initial state: every word is its own root."""
+    def leaves(lengths: torch.Tensor, longest: int | None = None) -> "Forest":
+        """The initial state: every word is its own root. `longest`: lengths.max(), when the
+        caller knows it on the host (read from `lengths` otherwise)."""
         lengths = lengths.long()
         m = lengths.shape[0]
-        big_l = int(max_len if max_len is not None else (lengths.max().item() if m else 1))
-        big_l = max(big_l, 1)
+        if longest is None:
+            longest = int(lengths.max()) if m else 1
+        elif m:
+            expect((lengths <= longest) & (lengths == longest).any(),
+                   f"longest = {longest} is not the longest of the lengths")
+        big_l = max(longest, 1)
         dev = lengths.device
         s = 2 * big_l
         pos = torch.arange(big_l, device=dev).expand(m, big_l)
@@ -75,7 +89,7 @@ class Forest:
             lengths=lengths, start=start, end=end, label=minus, left=minus.clone(),
             right=minus.clone(), dead=torch.zeros(m, s, dtype=torch.bool, device=dev),
             roots=torch.where(is_word, pos, -1), num_roots=lengths.clone(),
-            num_nodes=torch.zeros_like(lengths))
+            num_nodes=torch.zeros_like(lengths), widest=big_l if m else 1)
 
     # ----------------------------------------------------------------------------- shape
     @property
@@ -137,7 +151,8 @@ class Forest:
                            torch.full_like(self.num_nodes, self.scratch))
 
     def merge(self, pos: torch.Tensor, label: torch.Tensor, active: torch.Tensor) -> "Forest":
-        """Forward step: merge roots pos and pos+1 under `label` in the rows where `active`."""
+        """Forward step: merge roots pos and pos+1 under `label` in the rows where `active`
+        (which holds every row with `widest` roots, unless that is one)."""
         big_l = self.max_len
         dev = self.roots.device
         pos = torch.where(active, pos, 0)
@@ -161,10 +176,12 @@ class Forest:
         step = active.long()
         f.num_roots = self.num_roots - step
         f.num_nodes = self.num_nodes + step
+        f.widest = max(self.widest - 1, 1)
         return f
 
     def split(self, pos: torch.Tensor, active: torch.Tensor) -> "Forest":
-        """Backward step: replace root `pos` (an internal node) by its two children."""
+        """Backward step: replace root `pos` (an internal node) by its two children in the
+        rows where `active` (one row with `widest` roots at least)."""
         big_l = self.max_len
         dev = self.roots.device
         pos = torch.where(active, pos, 0)
@@ -181,6 +198,7 @@ class Forest:
         f = replace(self, dead=write_slots(self.dead, dead_slot, torch.ones_like(active)))
         f.roots = torch.where(active[:, None], roots, self.roots)
         f.num_roots = self.num_roots + active.long()
+        f.widest = self.widest + 1
         return f
 
     # ---------------------------------------------------------------------- bookkeeping
@@ -217,7 +235,7 @@ class Forest:
             label=read_slots(self.label, source),
             left=remap(read_slots(self.left, source)), right=remap(read_slots(self.right, source)),
             dead=torch.zeros_like(self.dead), roots=remap(self.roots),
-            num_roots=self.num_roots, num_nodes=num_alive)
+            num_roots=self.num_roots, num_nodes=num_alive, widest=self.widest)
         return f, source
 
     def trees(self) -> BinaryTrees:

@@ -81,8 +81,9 @@ class TreeSampler(nn.Module):
         tempered/ε-mixed one actually sampled from; on_policy is False unless temperature = 1
         and ε = 0. With `reward`, log_reward is filled (detached); `need_flows` needs it.
         """
-        ids_rows, len_rows, b, n_per = self.expand_rows(ids, lengths, ids.shape[0] * num_per_input)
-        forest, emb = self.initial_state(ids_rows, len_rows)
+        ids_rows, len_rows, b, n_per, longest = self.expand_rows(ids, lengths,
+                                                                 ids.shape[0] * num_per_input)
+        forest, emb = self.initial_state(ids_rows, len_rows, longest)
         noise = row_noise.for_rows(len_rows.shape[0], n_per, len_rows.device)
         ro = self._run(forest, emb, temperature=temperature, epsilon=epsilon, want_log_z=True,
                        want_flows=need_flows, generator=generator, noise=noise)
@@ -101,9 +102,9 @@ class TreeSampler(nn.Module):
         "sample_backward" draws the trajectory backward from the tree with P_B (no gradient
         through that choice), as a sleep phase or an exact-posterior diagnostic needs.
         """
-        ids_rows, len_rows, b, n_per = self.expand_rows(ids, lengths, len(trees))
-        forced = self.node_order(ids_rows, len_rows, trees, order, generator, n_per)
-        forest, emb = self.initial_state(ids_rows, len_rows)
+        ids_rows, len_rows, b, n_per, longest = self.expand_rows(ids, lengths, len(trees))
+        forced = self.node_order(ids_rows, len_rows, trees, order, generator, n_per, longest)
+        forest, emb = self.initial_state(ids_rows, len_rows, longest)
         ro = self._run(forest, emb, forced=forced, temperature=temperature, epsilon=epsilon,
                        want_log_z=True, want_flows=need_flows)
         return self._package(ro, ids_rows, len_rows, b, n_per, reward, need_flows, False)
@@ -118,17 +119,19 @@ class TreeSampler(nn.Module):
         if order != "sample_backward":
             tr = self.score(ids, lengths, trees, order=order, generator=generator)
             return tr.log_pf, tr.log_pb
-        ids_rows, len_rows, _, n_per = self.expand_rows(ids, lengths, len(trees))
-        forest, emb = self.state_from_trees(ids_rows, len_rows, trees, order="width")
-        walk = walk_back(self, forest, emb, (len_rows - 1).clamp(min=0), generator, forward=True,
+        ids_rows, len_rows, _, n_per, longest = self.expand_rows(ids, lengths, len(trees))
+        forest, emb = self.state_from_trees(ids_rows, len_rows, trees, "width", longest=longest)
+        walk = walk_back(self, forest, emb, (len_rows - 1).clamp(min=0), longest - 1, generator,
+                         forward=True,
                          noise=row_noise.for_rows(len_rows.shape[0], n_per, len_rows.device))
         return walk.log_pf, walk.log_pb
 
     # ============================================================================== states
-    def initial_state(self, ids: torch.Tensor, lengths: torch.Tensor
+    def initial_state(self, ids: torch.Tensor, lengths: torch.Tensor, longest: int | None = None
                       ) -> tuple[Forest, torch.Tensor]:
-        """Leaves-only forests and the slot embedding table (M, 2L, d) of M rows."""
-        forest = Forest.leaves(lengths)
+        """Leaves-only forests and the slot embedding table (M, 2L, d) of M rows (`longest`:
+        lengths.max() as the host knows it, see `expand_rows`)."""
+        forest = Forest.leaves(lengths, longest)
         big_l = forest.max_len
         if ids.shape[1] < big_l:
             raise ValueError(f"ids has {ids.shape[1]} columns but a sentence has {big_l} words")
@@ -137,20 +140,23 @@ class TreeSampler(nn.Module):
         return forest, emb
 
     def state_from_trees(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
-                         order: str = "width", embed: bool = True) -> tuple[Forest, torch.Tensor]:
+                         order: str = "width", embed: bool = True, longest: int | None = None
+                         ) -> tuple[Forest, torch.Tensor]:
         """The terminal forests of `trees` (one row each) with subtree embeddings, no encoder."""
-        forced = self.node_order(ids, lengths, trees, order)
-        forest, emb = self.initial_state(ids, lengths)
+        forced = self.node_order(ids, lengths, trees, order, longest=longest)
+        forest, emb = self.initial_state(ids, lengths, longest)
         return self._replay(forest, emb, forced, embed)
 
     def node_order(self, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees,
                    order: str = "given", generator: torch.Generator | None = None,
-                   rows_per_input: int = 1) -> torch.Tensor:
+                   rows_per_input: int = 1, longest: int | None = None) -> torch.Tensor:
         """(M, L-1, 3) rows of (start, end, label) in the order a trajectory builds them
         (`rows_per_input`: how many of the M rows each input has, for row noise)."""
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        nodes = self._checked_nodes(trees, lengths)
+        if longest is None:
+            longest = max(int(lengths.max()), 1) if lengths.numel() else 1
+        nodes = self._checked_nodes(trees, lengths, longest)
         if order == "given":
             return nodes
         width = (nodes[..., 1] - nodes[..., 0]).masked_fill(nodes[..., 2] < 0, 1 << 30)
@@ -159,26 +165,27 @@ class TreeSampler(nn.Module):
         if order == "width":
             return by_width
         with torch.no_grad():
-            forest, emb = self.initial_state(ids, lengths)
+            forest, emb = self.initial_state(ids, lengths, longest)
             forest, emb = self._replay(forest, emb, by_width, embed=self.learn_backward)
             num = (lengths.long() - 1).clamp(min=0)
             _, splits, _ = self.sample_backward(
-                forest, emb, num, generator,
+                forest, emb, num, longest - 1, generator,
                 row_noise.for_rows(lengths.shape[0], rows_per_input, lengths.device))
         return reverse_steps(splits, num)
 
     # ========================================================================== backward
     def sample_backward(self, forest: Forest, emb: torch.Tensor, num_steps: torch.Tensor,
-                        generator: torch.Generator | None = None,
+                        max_steps: int, generator: torch.Generator | None = None,
                         noise: row_noise.RowNoise | None = None
                         ) -> tuple[Forest, torch.Tensor, torch.Tensor]:
-        """Split up to num_steps[m] roots of each row with P_B (uniform or learned).
+        """Split up to num_steps[m] roots of each row with P_B (uniform or learned);
+        max_steps = num_steps.max(), known on the host.
 
         Returns the forest reached (dead nodes not yet compacted), the split nodes
         (M, K, 3) as (start, end, label) in backward order (-1 past a row's steps), and
         Σ log P_B of the splits taken (`back_walk.walk_back` also scores the way back).
         """
-        walk = walk_back(self, forest, emb, num_steps, generator, noise=noise)
+        walk = walk_back(self, forest, emb, num_steps, max_steps, generator, noise=noise)
         return walk.forest, walk.splits, walk.log_pb
 
     # =========================================================================== rollouts
@@ -200,7 +207,7 @@ class TreeSampler(nn.Module):
         """
         m = forest.num_roots.shape[0]
         dev, dtype = emb.device, emb.dtype
-        r0 = int(forest.num_roots.max().item()) if m else 1
+        r0 = forest.widest
         steps = r0 - 1
         lpf, lq, lpb, masks, flows = [], [], [], [], []
         log_z, prev_pos = None, None
@@ -271,7 +278,7 @@ class TreeSampler(nn.Module):
                 embed: bool) -> tuple[Forest, torch.Tensor]:
         """Build the forced nodes without the encoder (structure, plus embeddings if asked)."""
         m = forest.num_roots.shape[0]
-        steps = int(forest.num_roots.max().item()) - 1 if m else 0
+        steps = forest.widest - 1
         bad = torch.zeros(m, dtype=torch.bool, device=emb.device)
         for t in range(steps):
             active = ~forest.done()
@@ -285,33 +292,38 @@ class TreeSampler(nn.Module):
                                              read_slots(emb, rslot).squeeze(1))
                 emb = write_slots(emb, forest.next_slot(active), node)
             forest = forest.merge(pos, label, active)
-        if bool(bad.any()):
-            raise ValueError("trees are not valid binary trees over their sentences")
+        expect(~bad, "trees are not valid binary trees over their sentences")
         return forest, emb
 
     # ============================================================================ helpers
     def expand_rows(self, ids: torch.Tensor, lengths: torch.Tensor, rows: int):
-        """Expand (B, n) inputs to `rows` = B·N rows (each input's N rows contiguous)."""
+        """Expand (B, n) inputs to `rows` = B·N rows (each input's N rows contiguous), with the
+        longest length: read where `lengths` lives, so lengths on the host (a GPU's ids with the
+        batch's CPU lengths) cost no wait, and copied to the ids' device."""
         b = ids.shape[0]
         if lengths.shape[0] != b:
             raise ValueError(f"ids has {b} rows but lengths has {lengths.shape[0]}")
         if b == 0 or rows % b:
             raise ValueError(f"{rows} trajectories cannot be split evenly over {b} inputs")
+        longest = int(lengths.max())
+        lengths = lengths.to(ids.device, non_blocking=True).long()
         expect(lengths >= 1, "every sentence needs at least one word")
         n_per = rows // b
-        lengths = lengths.to(ids.device).long()
-        return ids.repeat_interleave(n_per, 0), lengths.repeat_interleave(n_per, 0), b, n_per
+        return (ids.repeat_interleave(n_per, 0), lengths.repeat_interleave(n_per, 0), b, n_per,
+                max(longest, 1))
 
-    def _checked_nodes(self, trees: BinaryTrees, lengths: torch.Tensor) -> torch.Tensor:
-        if not torch.equal(trees.lengths.to(lengths.device).long(), lengths.long()):
-            raise ValueError("trees.lengths do not match the sentence lengths")
-        big_l = max(int(lengths.max().item()), 1)
-        spans, labels = trees.spans[:, :big_l - 1], trees.labels[:, :big_l - 1]
-        if spans.shape[1] < big_l - 1:
+    def _checked_nodes(self, trees: BinaryTrees, lengths: torch.Tensor, longest: int
+                       ) -> torch.Tensor:
+        if trees.lengths.shape != lengths.shape:
+            raise ValueError(f"{len(trees)} trees for {lengths.shape[0]} sentences")
+        expect(trees.lengths.to(lengths.device).long() == lengths.long(),
+               "trees.lengths do not match the sentence lengths")
+        spans, labels = trees.spans[:, :longest - 1], trees.labels[:, :longest - 1]
+        if spans.shape[1] < longest - 1:
             raise ValueError("trees have fewer node columns than the longest sentence needs")
         count = (labels >= 0).sum(1)
-        if not torch.equal(count, (lengths.long() - 1).clamp(min=0)):
-            raise ValueError("every tree over n words needs exactly n-1 labeled nodes")
+        expect(count == (lengths.long() - 1).clamp(min=0),
+               "every tree over n words needs exactly n-1 labeled nodes")
         return torch.cat([spans, labels.unsqueeze(-1)], -1).long()
 
     def _package(self, ro: Rollout, ids: torch.Tensor, lengths: torch.Tensor, b: int,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine.device_checks import expect
 from grammars.binary_trees import BinaryTrees
 
 
@@ -89,12 +90,12 @@ def forest_structure(trees: BinaryTrees, validate: bool = True) -> ForestStructu
         left_end = torch.where(left >= 0, end.gather(1, left.clamp(min=0)), start + 1)
         right_start = torch.where(right >= 0, start.gather(1, right.clamp(min=0)), end - 1)
         bad = present & ((left_end != right_start) | (end - start < 2) | (end > lengths[:, None]))
-        if bool(bad.any()):
+        def message() -> str:
             b, m = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(
-                f"tree {b}: node {m} span ({int(start[b, m])}, {int(end[b, m])}) does not have "
-                "two adjacent children (a node or a single word) inside the sentence; partial "
-                "forests must be built bottom-up")
+            return (f"tree {b}: node {m} span ({int(start[b, m])}, {int(end[b, m])}) does not "
+                    "have two adjacent children (a node or a single word) inside the sentence; "
+                    "partial forests must be built bottom-up")
+        expect(~bad, message)                     # on a GPU: checked without a wait
     return ForestStructure(present, start, end, parent, left, right, complete_root, lengths)
 
 

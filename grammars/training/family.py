@@ -26,7 +26,7 @@ from grammars.training.mcem import frozen_tables
 def inputs(batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch on the device, trimmed to its longest sentence; the length is read from the
     host copy, so no step waits on the device for it."""
-    width = int(batch.lengths.max())
+    width = int(batch.lengths_on_host.max())
     return batch.ids[:, :width].to(device), batch.lengths.to(device)
 
 
@@ -48,7 +48,7 @@ class GrammarFamily:
         return len(batch)
 
     def num_units(self, batch) -> int:
-        return tokens_in(batch.lengths)
+        return tokens_in(batch.lengths_on_host)
 
     def log_joint(self, batch, z, n: int) -> torch.Tensor:
         ids, lengths = inputs(batch, self.device)
@@ -56,41 +56,49 @@ class GrammarFamily:
                                     z)
 
     def sample(self, batch, n: int, exploration: Exploration, need_flows: bool):
-        ids, lengths = inputs(batch, self.device)
-        return self.sampler.sample(ids, lengths, n, temperature=exploration.temperature,
+        ids, _ = inputs(batch, self.device)     # the sampler reads the host lengths: no wait
+        return self.sampler.sample(ids, batch.lengths_on_host, n,
+                                   temperature=exploration.temperature,
                                    epsilon=exploration.epsilon, reward=self.reward,
                                    need_flows=need_flows)
 
-    def refine(self, batch, traj, exploration: Exploration, rounds: int, rescore: bool,
+    def refine(self, batch, traj, exploration: Exploration, rounds: int, for_loss: bool,
                need_flows: bool) -> Refined:
         """With `local_search_continue`, M-step rounds on the E-step's own trajectories
         (em.mstep_reuse_samples) start where the E-step's round left its chain."""
-        ids, lengths = inputs(batch, self.device)
+        ids, _ = inputs(batch, self.device)
+        lengths = batch.lengths_on_host           # the sampler reads them there: no wait
         start, log_r = traj, None
         chain, self._chain = self._chain, None
-        if not rescore and chain is not None and chain[0] is traj:
+        if not for_loss and chain is not None and chain[0] is traj:
             start, log_r = chain[1], chain[2]
+        path = for_loss and exploration.local_search_loss == "path"
+        rescore = for_loss and not path
         with frozen_tables(self.model):      # θ is fixed during the E-step: score cheaply
             result = local_search(self.sampler, ids, lengths, start, self.reward,
                                   k=exploration.local_search_steps, rounds=rounds,
                                   temperature=exploration.temperature,
                                   epsilon=exploration.epsilon, rescore=rescore,
                                   need_flows=need_flows, k_draw=self.local_search_k,
-                                  log_reward=log_r)
-        if rescore and self.local_search_continue:
+                                  log_reward=log_r, path_loss=path)
+        if for_loss and self.local_search_continue:
             self._chain = (traj, result.trees, result.log_reward)
         return Refined(result.trees, result.log_reward, result.acceptance_rate,
-                       result.trajectories)
+                       result.trajectories, result.path_residual)
 
     @torch.no_grad()
     def dream(self, count: int):
-        """(x, z) ~ p_θ with |x| ≤ dream_max_length, for the sleep phase."""
-        id_lists, trees, _ = self.model.sample(count, self.dream_max_length)
-        lengths = trees.lengths.to(self.device)
+        """(x, z) ~ p_θ with |x| ≤ dream_max_length, for the sleep phase. Drawn on the host
+        (the process's CPU generator, checkpointed with the run): top-down generation with
+        rejection of long sentences is ragged, host-driven work, so on a GPU the only wait is
+        the copy of the grammar's tables."""
+        id_lists, trees, _ = self.model.sample(count, self.dream_max_length,
+                                               generator=torch.default_generator)
+        host_lengths = trees.lengths
         ids = make_batch(id_lists, list(range(count))).ids.to(self.device)  # one transfer
         trees.spans, trees.labels = trees.spans.to(self.device), trees.labels.to(self.device)
-        trees.lengths = lengths
-        return (ids, lengths), trees
+        trees.lengths = host_lengths.to(self.device)
+        return (ids, host_lengths), trees      # host lengths: the sampler reads them there
 
     def log_pf_of(self, x, z) -> torch.Tensor:
         ids, lengths = x

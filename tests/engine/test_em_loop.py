@@ -77,10 +77,13 @@ class ToyFamily:
                             log_z=self.sampler.log_z[batch], z=z,
                             on_policy=exploration.temperature == 1 and exploration.epsilon == 0)
 
-    def refine(self, batch, traj, exploration, rounds, rescore, need_flows):
+    def refine(self, batch, traj, exploration, rounds, for_loss, need_flows):
         self.refined += 1
-        out = Trajectories(**{**traj.__dict__, "on_policy": False}) if rescore else None
-        return Refined(traj.z, traj.log_reward, 1.0, out)
+        path = for_loss and exploration.local_search_loss == "path"
+        out = Trajectories(**{**traj.__dict__, "on_policy": False}) if for_loss else None
+        # a path residual of 0.5 whose gradient is that of log P_F
+        residual = traj.log_pf - traj.log_pf.detach() + 0.5 if path else None
+        return Refined(traj.z, traj.log_reward, 1.0, None if path else out, residual)
 
     def dream(self, count):
         flat = torch.multinomial(self.model.table().detach().exp().view(-1), count, True)
@@ -308,6 +311,18 @@ def test_local_search_hooks_and_their_guards():
     loop.options.importance_weighted = True
     with pytest.raises(ValueError, match="importance-weighted"):
         loop.train_step(DATA)
+
+
+def test_the_path_loss_of_local_search_is_the_mean_squared_residual():
+    torch.manual_seed(0)
+    loop, _, sampler, _ = make_loop(estep_kw={"exploration": Exploration(
+        local_search_rounds=1, local_search_loss="path")})
+    before = sampler.logits.detach().clone()
+    m = loop.train_step(DATA)
+    assert m["e_loss_local_search"] == pytest.approx(0.25)
+    assert not torch.equal(before, sampler.logits.detach())
+    with pytest.raises(ValueError, match="local_search_loss"):
+        make_loop(estep_kw={"exploration": Exploration(local_search_loss="nope")})
 
 
 def test_on_policy_objectives_refuse_exploration():

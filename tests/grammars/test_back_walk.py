@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from grammars.data.batching import SentenceBatch
 from grammars.gflownet import local_search
 from grammars.training.family import GrammarFamily
 from gfnem_cli.engine import Exploration
@@ -73,8 +74,8 @@ def test_mstep_rounds_continue_the_estep_chain_only_when_asked():
     E-step's refined trees; without it (or on other trajectories) the sampled ones."""
     grammar = ToyPCFG(nt=2, t=2, v=5, scale=1.0, seed=7)
     s = skewed(True)
-    batch = type("Batch", (), {"ids": torch.tensor([[0, 3, 1, 4, 2, 1]] * 8),
-                               "lengths": torch.tensor([6] * 8)})()
+    batch = SentenceBatch(torch.tensor([[0, 3, 1, 4, 2, 1]] * 8), torch.tensor([6] * 8),
+                          torch.arange(8))
     explore = Exploration(local_search_steps=3)
     for continue_ in (True, False):
         family = GrammarFamily(grammar, s, torch.device("cpu"), local_search_continue=continue_)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.family import Exploration
+from gfnem_cli.engine.family import LOCAL_SEARCH_LOSSES, Exploration
 from gfnem_cli.engine.objectives import OBJECTIVES, build_objective
 from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
 from gfnem_cli.engine.recipe_schema import (
@@ -135,6 +135,9 @@ def exploration_section() -> dict:
         "epsilon": Key(0.0, PROBABILITY),         # E-step exploration: epsilon-uniform mixing
         "local_search_rounds": Key(0, COUNT),     # E-step: also train on local-search samples
         "local_search_steps": Key(4, AT_LEAST_ONE),   # k backward (and forward) steps a round
+        "local_search_loss": Key("rescore", OneOf(*LOCAL_SEARCH_LOSSES)),  # what the E-step's
+                        # refined latents train: rescore, the objective on their teacher-forced
+                        # trajectories; path, the balance of the last round's k + k steps
     }
 
 
@@ -213,7 +216,8 @@ def model_optimizer_from_config(config: dict, parameters):
 def exploration_from_config(section: dict) -> Exploration:
     return Exploration(temperature=section["temperature"], epsilon=section["epsilon"],
                        local_search_rounds=section["local_search_rounds"],
-                       local_search_steps=section["local_search_steps"])
+                       local_search_steps=section["local_search_steps"],
+                       local_search_loss=section["local_search_loss"])
 
 
 def objective_from_config(config: dict, learned_backward: bool):
