@@ -99,7 +99,8 @@ def _check_shape(trained, data) -> None:
 
 def parse_images(run: Path, input: Path, split: str, out: Path, samples: int,
                  batch_size: int, seed: int, checkpoint: str, device: str) -> None:
-    """codes.jsonl: per image its best sampled code grid, log p(x, z) and log q(z | x)."""
+    """codes.jsonl: per image its best sampled code grid, log p(x, z) and log q(z | x).
+    Under torchrun the images' batches are shared over the ranks; rank 0 writes."""
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
     from vae.inference import best_codes
 
@@ -107,12 +108,15 @@ def parse_images(run: Path, input: Path, split: str, out: Path, samples: int,
     at_least("--batch-size", batch_size, 1)
     checkpoint_name(checkpoint)
     check_output_file(out)
+    world = _join_torchrun(device)       # under torchrun: the images shared over the ranks
     trained = _load(run, checkpoint, device)
     data, images = _split_images(input, split)
     _check_shape(trained, data)
     with work_progress("encoding", images.shape[0]) as advance:
         codes, joint, lq = best_codes(trained, images, samples, batch_size, seed,
                                       progress=advance)
+    if not world.is_main:                 # rank 0 writes
+        return
     lines = [json.dumps({"index": i, "codes": c, "log_joint": round(j, 4), "log_q": round(q, 4)})
              for i, (c, j, q) in enumerate(zip(codes.tolist(), joint.tolist(), lq.tolist()))]
     write_text_atomic(out, "".join(line + "\n" for line in lines))

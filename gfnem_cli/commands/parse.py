@@ -48,9 +48,9 @@ def parse(
                                    "(>= 1)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled decoders (--decode "
                              "sample, mbr on a grammar without a dynamic program, an image "
-                             "run's sampled grids): for a grammar batch b draws with seed "
-                             "(seed, b), so the same seed and --batch-size give the same "
-                             "trees, under torchrun too."),
+                             "run's sampled grids): batch b draws with seed (seed, b), so "
+                             "the same seed and --batch-size give the same trees and grids, "
+                             "under torchrun too."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (lowest validation NLL) or last."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     gold_out: Optional[Path] = typer.Option(None, "--gold-out", help="Also write the gold "
@@ -79,7 +79,7 @@ def parse(
     from gfnem_cli.engine.runs import resolve_device
 
     if images.is_image_run(run):        # an image run: each image's best sampled code grid
-        distributed.refuse_under_torchrun("parse")
+        # (under torchrun the images' batches are shared as a grammar run's sentences are)
         grammar_options_unused(decode=(decode, "auto"), tokenize=(tokenize, None),
                                keep_punct=(keep_punct, False), gold_out=(gold_out, None))
         images.parse_images(run, input, split, out, samples, batch_size, seed, checkpoint,

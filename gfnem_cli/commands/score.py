@@ -4,6 +4,8 @@ The input is read as `gfnem parse` reads it (raw text, a treebank file, a corpus
 answers row for row: one JSON object per input line, tree or sentence. The figures are the
 ones `evaluate` sums (`grammars.inference.run_scores`): with the same sentences, --batch-size
 and --seed, Σ −log p(x) over the rows is `evaluate`'s NLL per token times its token count.
+Under torchrun the batches are shared over the ranks as `evaluate` shares them, and rank 0
+writes.
 """
 from __future__ import annotations
 
@@ -72,15 +74,13 @@ def score(
     (the same sentences, --batch-size and --seed give the same figures). Grammar runs only;
     an image run's NLL per image is `gfnem evaluate RUN --data DIR`.
     """
-    from gfnem_cli.engine.distributed import refuse_under_torchrun
-
-    refuse_under_torchrun("score")
-
     from gfnem_cli import families
     from gfnem_cli.commands import images
     from gfnem_cli.commands.grammar_report import print_notes, render_likelihood, report_unknown
+    from gfnem_cli.engine import distributed
     from gfnem_cli.engine.errors import GfnemError
     from gfnem_cli.engine.files import check_output_file, write_text_atomic
+    from gfnem_cli.engine.runs import resolve_device
     from rich.markup import escape
     from grammars.data.inputs import read_parse_input
     from grammars.data.raw_text import TextOptions
@@ -103,6 +103,7 @@ def score(
         raise GfnemError("--out names the --input file", out,
                          hint="write the scores to a file of their own")
     check_output_file(out)
+    world = distributed.join_if_launched(resolve_device(device))  # torchrun: batches shared
     trained = families.for_run(run).load_run(run, device, checkpoint)
     if samples > 0 and not has_sampler(trained):
         raise GfnemError("--samples needs a run trained with a GFlowNet sampler", run,
@@ -122,6 +123,8 @@ def score(
     with work_progress("scoring", passes * sum(len(data.ids[k]) >= 2 for k in rows)) as tell:
         figures = sentence_likelihoods(trained, [data.ids[k] for k in rows], batch_size,
                                        samples, seed, progress=tell)
+    if not world.is_main:                  # rank 0 writes
+        return
     scores = [None] * len(data.ids)
     for k, value in zip(rows, figures):
         scores[k] = value

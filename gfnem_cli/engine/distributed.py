@@ -193,6 +193,26 @@ def agree_on_step(values: dict[str, float] | None, stop: bool
     return values, total[-1] > 0
 
 
+def gather_rows(local: torch.Tensor, pad: int | float = 0) -> torch.Tensor:
+    """A per-row tensor (n_r, d) of this rank's shard of the current global batch -> every
+    rank's rows (N, d') in global row order (the shards are contiguous), each padded on the
+    right with `pad` to the widest d; a placeholder row is left out. For state every rank must
+    keep whole (MC-EM's chains): one all-reduce of the width, one all-gather."""
+    if not _world.active:
+        return local
+    import torch.distributed as dist
+
+    width = torch.tensor([local.shape[1]], dtype=torch.int64, device=local.device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    counts = [len(rows) if weight > 0 else 0
+              for rows, weight in (shard_rows(_total, r) for r in range(_world.size))]
+    block = local.new_full((max(counts), int(width)), pad)
+    block[:_rows, :local.shape[1]] = local[:_rows]
+    blocks = [torch.empty_like(block) for _ in range(_world.size)]
+    dist.all_gather(blocks, block)
+    return torch.cat([part[:count] for part, count in zip(blocks, counts)])
+
+
 def barrier() -> None:
     if _world.active:
         import torch.distributed as dist
@@ -310,6 +330,6 @@ def refuse_under_torchrun(command: str) -> None:
     if launched_by_torchrun():
         from gfnem_cli.engine.errors import GfnemError
 
-        raise GfnemError(f"`gfnem {command}` runs as one process, not under torchrun; only "
-                         "train, evaluate, and parse of a grammar run run data-parallel",
+        raise GfnemError(f"`gfnem {command}` runs as one process, not under torchrun; "
+                         "train, evaluate, parse and score run data-parallel",
                          hint=f"run `gfnem {command.split()[0]} ...` without torchrun")

@@ -51,18 +51,30 @@ def tokens_in(lengths: torch.Tensor) -> int:
     return int((lengths + 1).sum())
 
 
-def scored_batches(model, batches, inside, device):
+def scored_batches(model, batches, inside, device, shard: bool = False):
     """Per batch, its sentences of two or more words scored (a CNF grammar cannot derive a
     1-word sentence): (rows of the batch's input list, log p(x) (B,), lengths, is_bound).
-    The one pass behind the corpus figures and the per-sentence ones (`gfnem score`)."""
-    for batch in batches:
+    The one pass behind the corpus figures and the per-sentence ones (`gfnem score`).
+
+    With `shard` under torchrun each rank scores a contiguous block of batches and every rank
+    gets them all, in order, on the CPU (`distributed.map_batches`; the figures are
+    deterministic, so the one-process ones). Otherwise the pass stays lazy, a batch at a time."""
+    def score(batch, _generator=None):
         keep = batch.lengths >= 2
         if not bool(keep.any()):
-            continue
+            return None
         ids, lengths = batch.ids[keep].to(device), batch.lengths[keep].to(device)
         with torch.no_grad():
             log_p, is_bound = sentence_log_likelihood(model, ids, lengths, inside)
-        yield batch.index[keep.cpu()].tolist(), log_p, lengths, is_bound
+        return batch.index[keep.cpu()].tolist(), log_p, lengths, is_bound
+
+    def score_on_cpu(batch, generator):
+        part = score(batch, generator)
+        return None if part is None else (part[0], part[1].cpu(), part[2].cpu(), part[3])
+
+    parts = (distributed.map_batches(batches, score_on_cpu, device=device)
+             if shard and distributed.world().active else map(score, batches))
+    yield from (part for part in parts if part is not None)
 
 
 @torch.no_grad()

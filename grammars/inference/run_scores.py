@@ -88,14 +88,16 @@ def sentence_likelihoods(run, ids: list[list[int]], batch_size: int, samples: in
                          seed: int, progress=None) -> list[SentenceLikelihood | None]:
     """One entry per sentence of `ids`, in order; None for sentences of fewer than two words
     (left out of the corpus NLL too) and when the run has no likelihood at all.
-    `progress(k)` is told of every batch of each pass (two when both figures are asked)."""
+    `progress(k)` is told of every batch of each pass (two when both figures are asked).
+    Under torchrun both passes share the batches over the ranks (as `run_likelihood` does)
+    and every rank gets every figure."""
     batches = in_order_batches(ids, batch_size)
     exact, m = likelihood_estimators(run, samples)
     out: list[SentenceLikelihood | None] = [None] * len(ids)
     tell = progress or (lambda _: None)
     if exact:
         for rows, log_p, lengths, bound in scored_batches(run.model, batches, run.inside,
-                                                          run.device):
+                                                          run.device, shard=True):
             for row, value, n in zip(rows, log_p.double().tolist(), lengths.tolist()):
                 out[row] = SentenceLikelihood(value, n + 1, bound, "elbo" if bound else "inside")
             tell(len(rows))

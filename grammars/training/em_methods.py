@@ -12,7 +12,8 @@ their bracketings s, labels summed out; Adam with `train.lr`, `train.betas`, `tr
 - `exact-sampling`  trees drawn from the exact posterior by the inside algorithm (context-free
                     grammars only); M-step every step.
 - `mcem`            trees from persistent Metropolis–Hastings chains per training sentence
-                    (`grammars.training.mcem`); M-step every step. Both grammar kinds.
+                    (`grammars.training.mcem`); M-step every step. Both grammar kinds. Under
+                    torchrun each rank moves its shard's chains and all ranks keep them all.
 
 Validation: the exact NLL per token (inside algorithm) when the grammar is context-free, else
 the importance-sampled bound (`grammars.evaluation.importance_bound`) with `em.valid_samples` samples per
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import torch
 
-from gfnem_cli.engine import distributed
 from gfnem_cli.engine import (DIVERGENCES, EMLoop, GfnemError, GFlowNetEStep, PosteriorEStep,
                               em_options_from_config, exploration_from_config,
                               model_optimizer_from_config, objective_from_config)
@@ -178,10 +178,6 @@ def build_em_method(config: dict, model, valid_batches, device, inside,
             estep = PosteriorEStep(_exact_draw(model, device))
         else:
             mc = config["mcem"]
-            if distributed.world().active:
-                raise GfnemError("method 'mcem' does not run under torchrun yet: its chains "
-                                 "live on the rank that drew them",
-                                 hint="run it as one process (plain gfnem train)")
             if em["mstep_samples"] != 1:
                 raise GfnemError("method 'mcem' keeps one chain per sentence",
                                  hint="set em.mstep_samples: 1")

@@ -27,6 +27,13 @@ is its unique stationary distribution.
 Chains are initialised right-branching with uniformly random labels and kept per training
 sentence (keyed by its index in the split) in `ChainStore`, which the method checkpoints so
 that `--resume` continues every chain exactly.
+
+Under torchrun each rank advances the chains of its shard of the batch and then all-gathers
+the batch's updated chains (`distributed.gather_rows`, global row order), so every rank keeps
+the whole store: the ranks' method states stay identical and a checkpoint resumes under any
+world size. With `train.row_noise` every draw of a chain (fresh labels, node, move, direction,
+new label, acceptance uniform) is keyed by the sentence's row in the global batch
+(`row_noise.py`), so K ranks move every chain as one process does.
 """
 from __future__ import annotations
 
@@ -35,7 +42,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine import distributed, row_noise
 from grammars.binary_trees import BinaryTrees
+
+FRESH_LABELS = 1      # the row-noise tag of a new chain's labels (the MH steps use the call's own)
 
 
 @contextmanager
@@ -62,8 +72,10 @@ def frozen_tables(model):
 
 
 def right_branching_trees(lengths: torch.Tensor, num_nonterminals: int, max_nodes: int | None = None,
-                    generator: torch.Generator | None = None) -> BinaryTrees:
-    """Right-branching trees (node k spans [k, n)) with labels drawn uniformly at random."""
+                    generator: torch.Generator | None = None,
+                    uniforms: torch.Tensor | None = None) -> BinaryTrees:
+    """Right-branching trees (node k spans [k, n)) with labels drawn uniformly at random;
+    `uniforms` (B, max_nodes) in [0, 1) replaces the draws (node k's label from column k)."""
     lengths = lengths.long()
     B = lengths.shape[0]
     device = lengths.device
@@ -72,7 +84,10 @@ def right_branching_trees(lengths: torch.Tensor, num_nonterminals: int, max_node
     valid = k < (lengths - 1)[:, None]
     spans = torch.stack([k, lengths[:, None].expand(B, M)], -1)
     spans = torch.where(valid[..., None], spans, torch.full_like(spans, -1))
-    labels = torch.randint(num_nonterminals, (B, M), device=device, generator=generator)
+    if uniforms is not None:
+        labels = (uniforms.to(device) * num_nonterminals).long().clamp(max=num_nonterminals - 1)
+    else:
+        labels = torch.randint(num_nonterminals, (B, M), device=device, generator=generator)
     labels = torch.where(valid, labels, torch.full_like(labels, -1))
     return BinaryTrees(spans=spans, labels=labels, lengths=lengths)
 
@@ -162,9 +177,12 @@ def propose(trees: BinaryTrees, num_nonterminals: int, rotation_prob: float,
 def mh_chain(score, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees, steps: int,
              num_nonterminals: int, rotation_prob: float = 0.5,
              log_p: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             stats: MHStats | None = None) -> tuple[BinaryTrees, torch.Tensor, MHStats]:
+             stats: MHStats | None = None, noise: row_noise.RowNoise | None = None
+             ) -> tuple[BinaryTrees, torch.Tensor, MHStats]:
     """Run `steps` MH steps on every row; `score(ids, lengths, trees) -> (B,)` log p(x, z).
 
+    `noise` (a training step's row noise) replaces `generator`: step s of a row reads its
+    draws 5s ... 5s+4 (the proposal's four, then the acceptance uniform), whatever the batch.
     Returns (trees, their log p(x, z), acceptance statistics).
     """
     stats = stats if stats is not None else MHStats()
@@ -173,10 +191,13 @@ def mh_chain(score, ids: torch.Tensor, lengths: torch.Tensor, trees: BinaryTrees
     active = lengths >= 2
     # counts stay on the device during the chain: one host sync at the end, not six per step
     counts = torch.zeros(6, dtype=torch.long, device=log_p.device)
-    for _ in range(steps):
-        proposal, is_rot, changed = propose(trees, num_nonterminals, rotation_prob, generator)
+    for step in range(steps):
+        drawn = None if noise is None else noise.uniform(step, 5)
+        proposal, is_rot, changed = propose(trees, num_nonterminals, rotation_prob, generator,
+                                            None if drawn is None else drawn[:, :4])
         new_log_p = score(ids, lengths, proposal)
-        u = torch.rand(log_p.shape, device=log_p.device, generator=generator)
+        u = (torch.rand(log_p.shape, device=log_p.device, generator=generator)
+             if drawn is None else drawn[:, 4])
         accept = changed & active & (torch.log(u) < new_log_p - log_p)
         trees = BinaryTrees(
             spans=torch.where(accept[:, None, None], proposal.spans, trees.spans),
@@ -221,12 +242,16 @@ class ChainStore:
         known[:old_rows] = self.known
         self.nodes, self.known = nodes, known
 
-    def get(self, index: torch.Tensor, lengths: torch.Tensor) -> BinaryTrees:
-        """The chains of these sentences (new ones start right-branching) as BinaryTrees."""
+    def get(self, index: torch.Tensor, lengths: torch.Tensor,
+            fresh_uniforms: torch.Tensor | None = None) -> BinaryTrees:
+        """The chains of these sentences (new ones start right-branching, their labels drawn
+        from `fresh_uniforms` (B, max length − 1) if given) as BinaryTrees."""
         lengths_cpu, rows = lengths.cpu().long(), index.cpu().long()
         B = lengths_cpu.shape[0]
         M = max(int(lengths_cpu.max()) - 1, 0) if B else 0
-        fresh = right_branching_trees(lengths_cpu, self.num_nonterminals, M)
+        fresh = right_branching_trees(lengths_cpu, self.num_nonterminals, M,
+                                      uniforms=None if fresh_uniforms is None
+                                      else fresh_uniforms.cpu())
         self._grow(int(rows.max()) + 1 if B else 0, M)
         have = self.known[rows]
         stored = self.nodes[rows, :M].long()
@@ -241,15 +266,26 @@ class ChainStore:
         return BinaryTrees(spans=spans.to(lengths.device), labels=labels.to(lengths.device),
                            lengths=lengths)
 
+    @staticmethod
+    def pack(trees: BinaryTrees) -> torch.Tensor:
+        """(B, M, 3) int32 (start, end, label) of each row's nodes, −1 past its n − 1, on the
+        trees' device: the form the store keeps and the ranks exchange."""
+        M = trees.spans.shape[1]
+        real = (torch.arange(M, device=trees.spans.device)[None, :]
+                < (trees.lengths.to(trees.spans.device)[:, None] - 1))
+        packed = torch.cat([trees.spans, trees.labels[..., None]], 2)
+        return packed.masked_fill(~real[..., None], -1).to(torch.int32)
+
     def put(self, index: torch.Tensor, trees: BinaryTrees) -> None:
-        rows = index.cpu().long()
-        spans, labels = trees.spans.cpu(), trees.labels.cpu()
-        M = spans.shape[1]
+        self.put_nodes(index, self.pack(trees))
+
+    def put_nodes(self, index: torch.Tensor, nodes: torch.Tensor) -> None:
+        """Store packed chains (`pack`'s form, any width ≥ each row's n − 1) by sentence."""
+        rows, nodes = index.cpu().long(), nodes.cpu().to(torch.int32)
+        M = nodes.shape[1]
         self._grow(int(rows.max()) + 1 if len(rows) else 0, M)
-        real = (torch.arange(M)[None, :] < (trees.lengths.cpu()[:, None] - 1))
-        packed = torch.cat([spans, labels[..., None]], 2).masked_fill(~real[..., None], -1)
         self.nodes[rows] = -1
-        self.nodes[rows, :M] = packed.to(torch.int32)
+        self.nodes[rows, :M] = nodes
         self.known[rows] = True
 
     @property
@@ -287,7 +323,8 @@ class MCEMDraws:
     """The MC-EM E-step: advance the persistent chains of a batch, hand their trees over.
 
     `draw(batch, n)` runs `steps` MH steps (from the stored state) on each sentence's chain and
-    returns its current tree; n must be 1 (one chain per sentence).
+    returns its current tree; n must be 1 (one chain per sentence). Under torchrun `batch` is
+    this rank's shard, and the store is kept whole on every rank (`_keep`).
     """
 
     def __init__(self, score, num_nonterminals: int, steps: int, rotation_prob: float, device,
@@ -300,14 +337,32 @@ class MCEMDraws:
         if n != 1:
             raise ValueError("MC-EM keeps one chain per sentence: use em.mstep_samples: 1")
         ids, lengths = batch.ids.to(self.device), batch.lengths.to(self.device)
-        trees = self.store.get(batch.index, lengths)
+        noise = row_noise.for_rows(lengths.shape[0], 1, self.device)   # None unless row noise
+        fresh = None
+        if noise is not None:
+            width = max(int(batch.lengths.max()) - 1, 0)
+            fresh = noise.child(FRESH_LABELS).uniform(0, width)
+        trees = self.store.get(batch.index, lengths, fresh)
         with frozen_tables(self.model):
             trees, log_p, stats = mh_chain(self.score, ids, lengths, trees, self.steps,
-                                           self.store.num_nonterminals, self.rotation_prob)
-        self.store.put(batch.index, trees)
+                                           self.store.num_nonterminals, self.rotation_prob,
+                                           noise=noise)
+        self._keep(batch.index, trees)
         out = stats.as_dict()
         out["mh_chain_log_joint"] = float(log_p.mean())
         return trees, out
+
+    def _keep(self, index: torch.Tensor, trees: BinaryTrees) -> None:
+        """Store the batch's chains. Under torchrun every rank stores every rank's, gathered
+        in global row order with their sentence indices (one all-gather of one int64 tensor:
+        index, then the packed nodes), so the store, which is checkpointed and compared across
+        ranks at each checkpoint, is the same everywhere; one process stores its own."""
+        nodes = ChainStore.pack(trees)
+        rows = torch.cat([index.to(nodes.device, torch.int64)[:, None],
+                          nodes.flatten(1).long()], 1)
+        every = distributed.gather_rows(rows, pad=-1)
+        width = (every.shape[1] - 1) // 3
+        self.store.put_nodes(every[:, 0], every[:, 1:].reshape(every.shape[0], width, 3))
 
     def state_dict(self) -> dict:
         return self.store.state_dict()

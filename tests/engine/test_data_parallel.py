@@ -316,13 +316,21 @@ def test_image_nll_under_torchrun_is_the_one_process_figure(data, tmp_path):
     for key in ("nll_nats", "nll_stderr", "nll_nats_m1", "num_images"):
         assert figures[2][key] == pytest.approx(figures[1][key], rel=1e-12), key
     assert figures[1]["num_images"] == 8
-    refused = gfnem("parse", run, "--input", data["shapes"], "--out", tmp_path / "codes.jsonl",
-                    ranks=2, check=False)
+    codes = []
+    for ranks in (1, 2):                        # 8 images in batches of 3: ranks take 1 and 2
+        out = tmp_path / f"codes{ranks}.jsonl"
+        done = gfnem("parse", run, "--input", data["shapes"], "--out", out, "--samples", 3,
+                     "--batch-size", 3, "--device", "cpu", ranks=ranks)
+        assert done.stdout.count("wrote ") == 1, done.stdout         # rank 0 alone
+        codes.append(out.read_text())
+    assert codes[0] == codes[1] and codes[0].count("\n") == 8
+    refused = gfnem("sample", run, "-n", 4, "--out", tmp_path / "grid.png", ranks=2,
+                    check=False)
     assert refused.returncode != 0 and "runs as one process" in refused.stderr
-    assert not (tmp_path / "codes.jsonl").exists()
+    assert not (tmp_path / "grid.png").exists()
 
 
-def test_grammar_parse_and_corpus_evaluate_under_torchrun_are_the_one_process_outputs(
+def test_grammar_parse_score_and_evaluate_under_torchrun_are_the_one_process_outputs(
         data, tmp_path):
     run = tmp_path / "run"
     gfnem("train", REPO / "recipes" / "synthetic-npcfg-gfnem.yaml", "--out", run,
@@ -346,3 +354,17 @@ def test_grammar_parse_and_corpus_evaluate_under_torchrun_are_the_one_process_ou
     for key in ("sentence_f1", "corpus_f1", "nll_per_token", "is_nll_per_token",
                 "is_nll_std_error", "nll_sentences"):
         assert figures[1][key] == pytest.approx(figures[0][key], rel=1e-12), key
+    scores = []                                 # exact log p(x) and the M = 8 bound beside it
+    for ranks in (1, 2):
+        out = tmp_path / f"scores{ranks}.jsonl"
+        done = gfnem("score", run, "--input", data["corpus"], "--split", "test", "--out", out,
+                     "--samples", 8, "--batch-size", 3, "--device", "cpu", ranks=ranks)
+        assert done.stdout.count("wrote ") == 1, done.stdout
+        scores.append(out.read_text())
+    assert scores[0] == scores[1] and scores[0].count("\n") == 12
+    rows = [json.loads(line) for line in scores[0].splitlines()]
+    scored = [r for r in rows if r["log_p"] is not None]
+    assert len(scored) == figures[0]["nll_sentences"]
+    assert sum(r["nll"] for r in scored) / sum(r["nll_tokens"] for r in scored) == \
+        pytest.approx(figures[0]["nll_per_token"], rel=1e-9)
+    assert all("is_log_p" in r for r in scored)

@@ -4,7 +4,8 @@ Everything is checked against enumeration on a 4-word sentence with 2 nontermina
 x 2^3 labelings = 40 trees): the exact transition matrix of the kernel (every proposal
 enumerated) satisfies detailed balance with the exact posterior, and many chains run by the
 real sampler reach that posterior (L1 < 0.1), for the neural PCFG and the non-context-free
-grammar alike.
+grammar alike. With row noise a chain's moves depend on its row of the global batch alone,
+so the chains move the same however the batch is sharded over ranks.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from tree_enumeration import all_trees
 NT, N_WORDS = 2, 4
 
 
+class Batch:
+    def __init__(self, ids, lengths, index):
+        self.ids, self.lengths, self.index = ids, lengths, index
 
 
 def tree_code(spans: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
@@ -119,10 +123,6 @@ def test_chain_store_round_trip_and_exact_continuation():
     model = build_grammar("ncfg", 6, seed=0, nonterminals=3, preterminals=2, symbol_dim=8)
     score = model.log_joint
 
-    class Batch:
-        def __init__(self, ids, lengths, index):
-            self.ids, self.lengths, self.index = ids, lengths, index
-
     batch = Batch(torch.randint(6, (3, 6)), torch.tensor([6, 3, 2]), torch.tensor([7, 2, 40]))
     a = MCEMDraws(score, 3, steps=5, rotation_prob=0.5, device="cpu")
     torch.manual_seed(1)
@@ -159,3 +159,35 @@ def test_frozen_tables_score_identically_and_restore_the_model(kind):
     assert "tables" not in vars(model)
     assert torch.equal(before, inside) and torch.equal(before, after)
     assert model.log_joint(ids, lengths, trees).requires_grad
+
+
+def test_row_noise_moves_every_chain_alike_however_the_batch_is_sharded():
+    """Under `train.row_noise` a chain's fresh labels and MH draws are keyed by its row of
+    the global batch: the whole batch in one call and its two shards (as two ranks run them,
+    each told its first row) leave the same store, whatever torch's generator holds."""
+    from gfnem_cli.engine import row_noise
+
+    model = build_grammar("npcfg", 6, seed=0, nonterminals=3, preterminals=2, symbol_dim=8)
+    lengths = torch.tensor([6, 3, 2, 5, 4])
+    ids = torch.randint(1, 6, (5, 6), generator=torch.Generator().manual_seed(0))
+    batch = Batch(ids, lengths, torch.tensor([7, 2, 40, 11, 5]))
+    whole, sharded = (MCEMDraws(model.log_joint, 3, steps=8, rotation_prob=0.5, device="cpu",
+                                model=model) for _ in range(2))
+    row_noise.configure(True, 3)
+    try:
+        for step in range(2):
+            torch.manual_seed(step)
+            with row_noise.training_step(step, 0):
+                _, stats = whole(batch, 1)
+            assert stats["mh_acceptance"] > 0                # the chains do move
+            torch.manual_seed(100 + step)              # another stream: must not matter
+            for rows in ([0, 1], [2, 3, 4]):
+                width = int(lengths[rows].max())
+                shard = Batch(ids[rows, :width], lengths[rows], batch.index[rows])
+                with row_noise.training_step(step, rows[0]):
+                    sharded(shard, 1)
+    finally:
+        row_noise.configure(False, 0)
+    a, b = whole.state_dict(), sharded.state_dict()
+    assert len(whole.store) == 5
+    assert all(torch.equal(a[k], b[k]) for k in ("keys", "sizes", "nodes"))

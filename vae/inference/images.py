@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from gfnem_cli.engine import distributed
 from vae.data.batching import in_order_batches
 from vae.evaluation.likelihood import importance_sampled_nll
 from vae.inference.proposals import proposal_of
@@ -34,21 +35,25 @@ def reconstructions(run, images: torch.Tensor, per_image: int, seed: int = 0) ->
 def best_codes(run, images: torch.Tensor, samples: int, batch_size: int = 64, seed: int = 0,
                progress=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For each image the sampled grid of highest log p(x, z) among `samples` draws from the
-    run's posterior proposal: (codes (N, h, w), log p(x, z) (N,), log q (N,))."""
-    generator = torch.Generator(device=run.device).manual_seed(seed)
+    run's posterior proposal: (codes (N, h, w), log p(x, z) (N,), log q (N,)).
+
+    Batch b draws from a generator seeded with (seed, b), so under torchrun each rank encodes a
+    contiguous block of batches (`distributed.map_batches`) and every rank gets the grids in
+    order: the one-process grids exactly."""
     proposal = proposal_of(run)
-    codes, joints, lqs = [], [], []
-    for batch in in_order_batches(images, batch_size):
+
+    def best(batch, generator):
         x = batch.images.to(run.device)
         draws = proposal.sample(x, samples, generator=generator)
         joint = run.model.log_joint_grouped(x, draws.z.codes, samples).view(-1, samples)
         pick = joint.argmax(1)
         rows = torch.arange(x.shape[0], device=x.device) * samples + pick
-        codes.append(draws.z.codes[rows].cpu())
-        joints.append(joint.gather(1, pick.unsqueeze(1)).squeeze(1).cpu())
-        lqs.append((draws.log_pf - draws.log_pb)[rows].cpu())
-        if progress is not None:
-            progress(x.shape[0])
+        return (draws.z.codes[rows].cpu(), joint.gather(1, pick.unsqueeze(1)).squeeze(1).cpu(),
+                (draws.log_pf - draws.log_pb)[rows].cpu())
+
+    parts = distributed.map_batches(in_order_batches(images, batch_size), best, seed,
+                                    device=run.device, progress=progress)
+    codes, joints, lqs = zip(*parts)
     return torch.cat(codes), torch.cat(joints), torch.cat(lqs)
 
 
