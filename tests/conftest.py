@@ -82,3 +82,26 @@ def ptb_sample_none(ptb_sample: Path, tmp_path_factory) -> Path:
                                       "--split", "none"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory):
+    """`make(sentences, max_length)`: a `gfnem prepare synthetic` corpus, drawn once a session
+    for each size and shared read-only by the tests that train on it."""
+    from typer.testing import CliRunner
+
+    from gfnem_cli.app import app
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(sentences: int = 60, max_length: int = 8) -> Path:
+        if (sentences, max_length) not in made:
+            out = tmp_path_factory.mktemp("synthetic") / "data"
+            done = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out),
+                                            "--num-sentences", str(sentences),
+                                            "--max-length", str(max_length)])
+            assert done.exit_code == 0, done.output
+            made[sentences, max_length] = out
+        return made[sentences, max_length]
+
+    return make

@@ -126,8 +126,10 @@ def forest_node_terms(structure: ForestStructure, labels: torch.Tensor, words: t
     root_label = torch.where(structure.complete_root, labels, torch.zeros_like(labels))
     root_logp = roots[group].gather(1, root_label)            # (B, M)
     root_term = torch.where(structure.complete_root, root_logp, torch.zeros_like(root_logp)).sum(1)
-    if M == 0 or not bool(present.any()):
+    if M == 0:
         return node_terms, determined, root_term
+    # the nodes of each rule kind are selected by mask: empty selections flow through, so no
+    # kind is guarded by reading the device (a GPU still waits once per `nonzero`)
 
     bi, mi = present.nonzero(as_tuple=True)                   # one row per real node
     A = labels[bi, mi]
@@ -154,25 +156,21 @@ def forest_node_terms(structure: ForestStructure, labels: torch.Tensor, words: t
     l_leaf, r_leaf = lsym < 0, rsym < 0
     values, where = [], []
     sel = ~l_leaf & ~r_leaf                                   # A -> B C, both nodes
-    if bool(sel.any()):
-        values.append(table[row[sel], lsym[sel], rsym[sel]])
-        where.append(sel.nonzero(as_tuple=True)[0])
+    values.append(table[row[sel], lsym[sel], rsym[sel]])
+    where.append(sel.nonzero(as_tuple=True)[0])
     sel = l_leaf & ~r_leaf                                    # A -> t C, t summed out
-    if bool(sel.any()):
-        scores = table[row[sel], NT:, rsym[sel]] + emit(lword, sel)
-        values.append(torch.logsumexp(scores, dim=1))
-        where.append(sel.nonzero(as_tuple=True)[0])
+    scores = table[row[sel], NT:, rsym[sel]] + emit(lword, sel)
+    values.append(torch.logsumexp(scores, dim=1))
+    where.append(sel.nonzero(as_tuple=True)[0])
     sel = ~l_leaf & r_leaf                                    # A -> B t
-    if bool(sel.any()):
-        scores = table[row[sel], lsym[sel], NT:] + emit(rword, sel)
-        values.append(torch.logsumexp(scores, dim=1))
-        where.append(sel.nonzero(as_tuple=True)[0])
+    scores = table[row[sel], lsym[sel], NT:] + emit(rword, sel)
+    values.append(torch.logsumexp(scores, dim=1))
+    where.append(sel.nonzero(as_tuple=True)[0])
     sel = l_leaf & r_leaf                                     # A -> t t'
-    if bool(sel.any()):
-        scores = (table[:, NT:, NT:][row[sel]] + emit(lword, sel)[:, :, None]
-                  + emit(rword, sel)[:, None, :])
-        values.append(torch.logsumexp(scores.flatten(1), dim=1))
-        where.append(sel.nonzero(as_tuple=True)[0])
+    scores = (table[:, NT:, NT:][row[sel]] + emit(lword, sel)[:, :, None]
+              + emit(rword, sel)[:, None, :])
+    values.append(torch.logsumexp(scores.flatten(1), dim=1))
+    where.append(sel.nonzero(as_tuple=True)[0])
     per_node = torch.zeros(bi.shape[0], dtype=dtype, device=device).index_put(
         (torch.cat(where),), torch.cat(values))
     node_terms = node_terms.index_put((bi, mi), per_node)

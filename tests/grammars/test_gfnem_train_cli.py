@@ -31,16 +31,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
-    from gfnem_cli.app import app
-
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    result = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out),
-                                      "--num-sentences", "60", "--max-length", "8"])
-    assert result.exit_code == 0, result.output
-    return out
+def corpus(synthetic_corpus) -> Path:
+    return synthetic_corpus(60, 8)
 
 
 def recipe(tmp_path: Path, corpus: Path, **changes) -> Path:

@@ -254,16 +254,8 @@ def test_the_reward_subtracts_energy_over_temperature_and_the_mstep_does_not():
 
 # ------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
-    from gfnem_cli.app import app
-
-    out = tmp_path_factory.mktemp("shape") / "data"
-    result = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out),
-                                      "--num-sentences", "60", "--max-length", "8"])
-    assert result.exit_code == 0, result.output
-    return out
+def corpus(synthetic_corpus) -> Path:
+    return synthetic_corpus(60, 8)
 
 
 def _write(path: Path, tree: dict) -> Path:

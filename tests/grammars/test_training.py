@@ -20,12 +20,8 @@ TINY = ["--set", "model.nonterminals=4", "--set", "model.preterminals=6",
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    result = CliRunner().invoke(app, ["prepare", "synthetic", "--out", str(out),
-                                      "--num-sentences", "160", "--max-length", "12"])
-    assert result.exit_code == 0, result.output
-    return out
+def corpus(synthetic_corpus) -> Path:
+    return synthetic_corpus(160, 12)
 
 
 def train(run: Path, corpus: Path, steps: int, *extra: str) -> "object":
