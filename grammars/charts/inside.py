@@ -17,8 +17,9 @@ vectorized step per span width (a Python loop over widths only). Why it is fast 
   T·NT and T·T blocks. T·T runs once (width 2); a preterminal child occurs only at split
   k = 1 (left) or k = w-1 (right) and is contracted with its rule block once per *position*
   before the loop; NT·NT runs on the NT-only charts of splits 2..w-2. Never the full S×S.
-* Two chart layouts, by (start, width) and by (end, n - width), make the children of every
-  split of one width a single strided slice, so a width costs O(1) tensor ops.
+* One position-major chart (start, batch, width): the left children of every split of one
+  width are a slice of it and the right children (cells by end) a strided view of the same
+  memory, so a width costs O(1) tensor ops and no second layout is written.
 * A hand-written outside pass is the backward (reverse-mode of the same linear recursion,
   the inside-outside algorithm of Baker 1979; outside.py): no autograd graph over the chart,
   memory O(B n² NT² + B n NT (NT + T)), the NT² term the NT·NT outer sums the forward keeps so
@@ -86,11 +87,10 @@ def inside_chart(params: PCFGParams) -> tuple[torch.Tensor, torch.Tensor]:
         log_z = _root(params, lengths, ch.CL, ch.ML)
         B, n, NT = params.batch_size, params.max_length, params.num_nonterminals
         chart = torch.full((B, n, n + 1, NT), float("-inf"), dtype=et.dtype, device=et.device)
-        for w in range(2, n + 1):
-            p = torch.arange(n - w + 1, device=et.device)
-            cell = torch.log(ch.CL[:, : n - w + 1, w]) + ch.ML[:, : n - w + 1, w, None]
-            fits = (p[None, :] + w <= lengths[:, None])[..., None]
-            chart[:, p, p + w] = torch.where(fits, cell, torch.full_like(cell, float("-inf")))
+        i, j = torch.triu_indices(n + 1, n + 1, 2, device=et.device)    # every cell, w >= 2
+        cell = (torch.log(ch.CL[i, :, j - i]) + ch.ML[i, :, j - i, None]).transpose(0, 1)
+        fits = (j[None, :] <= lengths[:, None])[..., None]
+        chart[:, i, j] = torch.where(fits, cell, torch.full_like(cell, float("-inf")))
     return log_z, chart
 
 
@@ -143,7 +143,7 @@ def _root_value(roots, e_top, m_top):
 
 def _root(params, lengths, CL, ML):
     rows = torch.arange(params.batch_size, device=lengths.device)
-    log_z = _root_value(params.roots, CL[rows, 0, lengths], ML[rows, 0, lengths])
+    log_z = _root_value(params.roots, CL[0, rows, lengths], ML[0, rows, lengths])
     return torch.where(lengths >= 2, log_z, torch.full_like(log_z, float("-inf")))
 
 
@@ -155,13 +155,13 @@ class _ScaledInside(torch.autograd.Function):
     def forward(ctx, et, mt, P, rshift, phi, lengths, NT):
         ch = chart_forward(et, mt, P, rshift, phi, NT)
         rows = torch.arange(et.shape[0], device=et.device)
-        ctx.save_for_backward(et, phi, lengths, ch.CL, ch.CR, ch.SC, ch.U, ch.V, ch.W, ch.RU,
-                              ch.LV, *ch.w_leaf, ch.nn_w)
+        ctx.save_for_backward(et, phi, lengths, ch.CL, ch.U, ch.V, ch.W, ch.RU, ch.LV,
+                              *ch.w_leaf, ch.nn_w)
         ctx.NT = NT
         ctx.scales = ch.scales          # per-width factors and outer sums, never modified
-        m_top = ch.ML[rows, 0, lengths]
+        m_top = ch.ML[0, rows, lengths]
         ctx.mark_non_differentiable(m_top)
-        return ch.CL[rows, 0, lengths], m_top
+        return ch.CL[0, rows, lengths], m_top
 
     @staticmethod
     @once_differentiable

@@ -145,11 +145,14 @@ def decoder_calls(logits, n, NT, T, against=None) -> dict:
 
 def our_flops(B, n, NT, T) -> tuple[float, float]:
     """(forward, backward) GEMM/bmm FLOPs of `grammars.charts.inside` at these sizes."""
+    from grammars.charts.scaled_chart import leaf_blocks
     fwd = 2 * B * n * T * (2 * NT * NT + NT * T)                  # leaf tables U, V, W
     fwd += 2 * B * (n - 1) * NT * T                                # width 2: T·T
     bwd = 2 * fwd                                                  # leaf grads: d et, d rules
     bwd += 2 * B * (n - 1) * NT * T                                # width 2: d et
-    bwd += 2 * (2 * n * B * NT * NT * (n + 1))                     # dU, dV as one bmm each
+    for left in (True, False):                                     # dU, dV: bmm per block
+        bwd += sum(2 * (i1 - i0) * B * NT * NT * max(hi - 3, 0)
+                   for i0, i1, hi in leaf_blocks(n, left))
     for w in range(3, n + 1):
         Pw, K = n - w + 1, max(w - 3, 0)
         fwd += 2 * 2 * B * Pw * NT * NT                            # T·NT and NT·T matvecs
