@@ -185,7 +185,8 @@ def test_row_noise_makes_stochastic_methods_two_ranks_equal_one_process(data, tm
             "--set", f"data.path={data['corpus']}", *GRAMMAR, "--set", "train.steps=6",
             "--set", "em.threshold_max=1e9", "--set", "em.threshold_min=1e9",
             "--set", "sampler.local_search_rounds=2", "--set", "sampler.local_search_steps=2",
-            "--set", "sampler.local_search_k=uniform"]
+            "--set", "sampler.local_search_k=uniform", "--set", "objective.name=tb",
+            "--set", "em.mstep_reuse_samples=false"]     # off-policy, fresh M-step draws
     else:
         recipe = REPO / "recipes" / ("shapes-dvae-gfnem.yaml" if family == "images"
                                      else "shapes-gumbel.yaml")
