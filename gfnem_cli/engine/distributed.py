@@ -177,6 +177,15 @@ def weighted_mean(value: float) -> float:
     return float(total.item()) / _total
 
 
+def weighted_mean_tensor(value: torch.Tensor) -> torch.Tensor:
+    """`weighted_mean` of a device scalar, left on the device (an all-reduce the host does
+    not wait for on a GPU): read later with the step's other figures."""
+    if not _world.active:
+        return value.detach()
+    total = _all_reduce(value.detach().double().reshape(1) * _rows)
+    return total[0] / _total
+
+
 def agree_on_step(values: dict[str, float] | None, stop: bool
                   ) -> tuple[dict[str, float] | None, bool]:
     """After a step: `weighted_mean` of every figure of its metrics record (None for a skipped

@@ -90,16 +90,18 @@ class EMLoop:
 
     # --------------------------------------------------------------------------- one step
     def train_step(self, batch: Any) -> dict[str, float]:
-        """One EM step. The device is waited for twice: for the E-loss the gate reads, and
-        once before the optimizer steps, when every loss and gradient norm is checked finite
-        and the logged figures are read together (`optimizer_step.settle`)."""
+        """One EM step. The device is waited for once, before the optimizer steps, when every
+        loss and gradient norm is checked finite and the logged figures are read together
+        (`optimizer_step.settle`): the gate reads the moving average of the batches before
+        this one, which the host already has (only a run's first step, which has none, reads
+        its own E-loss first)."""
         for module in self.modules.values():
             module.train()
         opts, estep = self.options, self.estep
         clear_grads(self._all_parameters())
         metrics: dict = {}
         losses: list[torch.Tensor] = []
-        do_m, ema_next, tau = True, None, None
+        do_m, tau = True, None
         phase = opts.phase(self.steps)
         do_e = estep.trains_sampler and phase != "m"
 
@@ -108,16 +110,14 @@ class EMLoop:
             loss.backward()
             losses.append(loss)
             clear_grads(self.model_parameters)            # a sampler loss never moves θ
-            e_value = distributed.weighted_mean(float(e_loss))     # the gate's wait
-            ema_next = self.ema.peek(e_value)
+            e_global = distributed.weighted_mean_tensor(e_loss)    # read with the figures
             # gate on the average of the batches before this one: a batch's own E-loss must not
             # choose whether θ learns from it (with length-bucketed batches that would pick
             # short sentences, whose E-loss is smaller, for nearly every M-step)
-            gate = self.ema.value if self.ema.value is not None else e_value
+            gate = self.ema.value if self.ema.value is not None else float(e_global)
             tau = opts.threshold(self.model_updates)
             do_m = gate < tau if phase is None else False
-            metrics.update(loss=e_value, e_loss=e_value, e_loss_ema=ema_next, e_loss_gate=gate,
-                           tau=tau, **stats)
+            metrics.update(loss=e_global, e_loss=e_global, e_loss_gate=gate, tau=tau, **stats)
             sleep, sleep_stats = estep.sleep_loss(batch, self.steps)
             if sleep is not None:
                 sleep.backward()
@@ -165,8 +165,8 @@ class EMLoop:
         if do_m:
             self.model_optimizer.step()
             self.model_updates += 1
-        if ema_next is not None:
-            self.ema.update(metrics["e_loss"])
+        if do_e:
+            metrics["e_loss_ema"] = self.ema.update(metrics["e_loss"])
         self.steps += 1
         clear_grads(everything)
         metrics.update(mstep=float(do_m), estep=float(do_e),

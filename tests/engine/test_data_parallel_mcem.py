@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from gfnem_cli.engine import distributed
-from test_data_parallel import GRAMMAR, REPO, assert_close, data, gfnem, records  # noqa: F401
+from test_data_parallel import (GRAMMAR, REPO, assert_close, data, gfnem,  # noqa: F401
+                                leave_gloo, records)
 
 MCEM = ["--set", "method=mcem", "--set", "mcem.steps=5", "--set", "train.batch_size=16"]
 
@@ -74,7 +75,7 @@ def _gathering(rank: int, size: int, init: str, out: str) -> None:
         found.append(distributed.gather_rows(local, pad=-1).tolist())
     if rank == 0:
         Path(out).write_text(json.dumps(found))
-    dist.destroy_process_group()
+    leave_gloo()
 
 
 def test_gather_rows_joins_the_shards_in_global_row_order(tmp_path):

@@ -3,9 +3,8 @@
 On a GPU every tensor -> host conversion waits for the queued kernels. The tree sampler sizes
 its rollouts by host ints (`Forest.widest`, the batch's host lengths) and checks invariants
 without a wait (`engine/device_checks.expect`), so a real step (synthetic recipe, M-step
-every step, local search and the sleep phase on) converts device tensors only for the M-step
-gate's E-loss, `settle`'s one transfer and the bracketing DP's width counts; every other
-conversion reads a host copy
+every step, local search and the sleep phase on) converts device tensors only for `settle`'s
+one transfer and the bracketing DP's width counts; every other conversion reads a host copy
 (`tests/benchmarks/host_reads.py` counts them). Also: `widest` equals num_roots.max() after every
 merge and split of rollouts, walks back and local search (the bound the rollouts rely on).
 """
@@ -28,11 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
 from host_reads import count_host_reads  # noqa: E402
 
-# (file, function): the conversions a step may make. Device reads: the gate, `settle` and the
-# width counts of the bracketing DP (one per M-step). Host reads: the batch's host lengths,
-# local search's k (host RNG), the sleep phase's dream (generated on the host from one copy
-# of the grammar's tables).
-DEVICE_READS = {("engine/em.py", "train_step"), ("engine/optimizer_step.py", "settle"),
+# (file, function): the conversions a step may make. Device reads: `settle` and the width
+# counts of the bracketing DP (one per M-step). Host reads: the batch's host lengths, local
+# search's k (host RNG), the sleep phase's dream (generated on the host from one copy of the
+# grammar's tables).
+DEVICE_READS = {("engine/optimizer_step.py", "settle"),
                 ("models/bracketing_score.py", "bracketing_log_prob")}
 HOST_READS = {("training/family.py", "inputs"), ("gflownet/sampler.py", "expand_rows"),
               ("evaluation/likelihood.py", "tokens_in"), ("gflownet/local_search.py", "_round_k"),
