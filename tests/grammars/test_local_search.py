@@ -126,13 +126,19 @@ def test_local_search_returns_valid_rescored_off_policy_trajectories(learn_backw
     assert torch.all(res.accepted[n_rows == 1] == 0)
 
 
-def test_greedy_filtering_never_lowers_the_reward():
-    g = ToyPCFG(nt=3, t=2, v=6, seed=5)
-    s = untrained(False, vocab=6, nt=3)
-    ids = torch.randint(0, 6, (3, 6), generator=torch.Generator().manual_seed(3))
-    lengths = torch.tensor([6, 4, 5])
+def three_sentences(learn_backward: bool, lengths: list[int], per_input: int, seed: int):
+    """A toy grammar (NT = 3), an untrained sampler and its trajectories for 3 sentences."""
+    g = ToyPCFG(nt=3, t=2, v=6, seed=seed + 2)
+    s = untrained(learn_backward, vocab=6, nt=3)
+    ids = torch.randint(0, 6, (3, 6), generator=torch.Generator().manual_seed(seed))
+    lengths = torch.tensor(lengths)
     with torch.no_grad():
-        tr = s.sample(ids, lengths, num_per_input=8, reward=g)
+        tr = s.sample(ids, lengths, num_per_input=per_input, reward=g)
+    return g, s, ids, lengths, tr
+
+
+def test_greedy_filtering_never_lowers_the_reward():
+    g, s, ids, lengths, tr = three_sentences(False, [6, 4, 5], 8, seed=3)
     res = local_search(s, ids, lengths, tr, g, k=2, rounds=3, greedy=True, rescore=False)
     assert torch.all(res.log_reward >= tr.log_reward - 1e-6)
 
@@ -169,12 +175,8 @@ def test_the_path_loss_alone_trains_the_sampler_to_the_exact_posterior():
 
 
 def test_the_path_residual_trains_the_learned_backward_policy_and_only_in_grad_mode():
-    g = ToyPCFG(nt=3, t=2, v=6, seed=4)
-    s = untrained(True, vocab=6, nt=3)
-    ids = torch.randint(0, 6, (3, 6), generator=torch.Generator().manual_seed(2))
-    lengths = torch.tensor([6, 1, 5])
+    g, s, ids, lengths, tr = three_sentences(True, [6, 1, 5], 2, seed=2)
     with torch.no_grad():
-        tr = s.sample(ids, lengths, num_per_input=2, reward=g)
         quiet = local_search(s, ids, lengths, tr, g, k=2, rounds=2, rescore=False,
                              path_loss=True)
     assert not quiet.path_residual.requires_grad
