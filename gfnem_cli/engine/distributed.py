@@ -169,17 +169,10 @@ def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor.clone() * (1.0 if _rows > 0 else 0.0))
 
 
-def weighted_mean(value: float) -> float:
-    """A per-row mean of this rank's shard -> the same mean over the global batch."""
-    if not _world.active:
-        return value
-    total = _all_reduce(torch.tensor([value * _rows], dtype=torch.float64))
-    return float(total.item()) / _total
-
-
-def weighted_mean_tensor(value: torch.Tensor) -> torch.Tensor:
-    """`weighted_mean` of a device scalar, left on the device (an all-reduce the host does
-    not wait for on a GPU): read later with the step's other figures."""
+def weighted_mean(value: torch.Tensor) -> torch.Tensor:
+    """A per-row mean of this rank's shard (a device scalar) -> the same mean over the
+    global batch, left on the device (an all-reduce the host does not wait for on a GPU):
+    read later with the step's other figures."""
     if not _world.active:
         return value.detach()
     total = _all_reduce(value.detach().double().reshape(1) * _rows)

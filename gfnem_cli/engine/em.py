@@ -110,7 +110,7 @@ class EMLoop:
             loss.backward()
             losses.append(loss)
             clear_grads(self.model_parameters)            # a sampler loss never moves θ
-            e_global = distributed.weighted_mean_tensor(e_loss)    # read with the figures
+            e_global = distributed.weighted_mean(e_loss)    # read with the figures
             # gate on the average of the batches before this one: a batch's own E-loss must not
             # choose whether θ learns from it (with length-bucketed batches that would pick
             # short sentences, whose E-loss is smaller, for nearly every M-step)
