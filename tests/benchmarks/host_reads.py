@@ -88,8 +88,15 @@ def count_host_reads(recipe: Path, sets: list[str], steps: int, repo: Path,
             setattr(torch.Tensor, name, real)
         shutil.rmtree(out, ignore_errors=True)
     if done.exit_code != 0:
-        raise RuntimeError(done.output)
+        _refuse(f"`gfnem train` refused: {done.output.strip()}")
+    if state["steps"] < 2:
+        _refuse("the run made fewer than 2 steps; give --steps 2 or more")
     return sites, state["steps"] - 1
+
+
+def _refuse(message: str) -> None:
+    print(f"host_reads: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:
