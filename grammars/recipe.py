@@ -131,11 +131,6 @@ def grammar_conflicts(config: dict):
                        "set sampler.learn_backward: false")
     yield from shared_conflicts(config, "sentence")
     train = config["train"]
-    if train.get("row_noise") and config["method"] == "exact-sampling":
-        yield Conflict(("train.row_noise", "method"),
-                       "train.row_noise keys the tree GFlowNet's and MC-EM's draws; method "
-                       "exact-sampling draws from its own generator",
-                       "set train.row_noise: false")
     if train["select_metric"] != SELECT_METRICS[0] and not train["valid_f1"]:
         yield Conflict(("train.select_metric", "train.valid_f1"),
                        f"train.select_metric {train['select_metric']} needs the validation F1, "

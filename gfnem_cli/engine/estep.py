@@ -12,10 +12,12 @@ posterior procedure for the baselines.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, Iterable
 
 import torch
 
+from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.family import (LOCAL_SEARCH_LOSSES, Draw, Exploration, LocalSearch,
                                      SamplerFamily, SleepPhase)
 from gfnem_cli.engine.objectives.off_policy import check_on_policy
@@ -97,8 +99,13 @@ class GFlowNetEStep:
         if self.sleep_weight <= 0 or step % self.sleep_period:
             return None, {}
         count = self.sleep_count or self.family.batch_size(batch)
-        x, z = self.family.dream(count)
-        nll = -self.family.log_pf_of(x, z).mean()
+        # With train.row_noise a dream's draws are keyed by its row: a rank dreams as many as
+        # its shard has rows, numbered like them, but a fixed em.sleep_batch_size is dreamt
+        # whole by every rank, numbered from 0 as one process numbers it (the ranks' equal
+        # means then average to the one-process figure).
+        with row_noise.numbered_from(0) if self.sleep_count else nullcontext():
+            x, z = self.family.dream(count)
+            nll = -self.family.log_pf_of(x, z).mean()
         return self.sleep_weight * nll, {"sleep_nll": nll.detach()}
 
     # ----------------------------------------------------------------------------- draws

@@ -127,6 +127,18 @@ def training_step(step: int, first_input: int = 0):
         _state.step = None
 
 
+@contextmanager
+def numbered_from(first_input: int):
+    """Inside the block the rows count from `first_input`, whatever this rank's shard: for
+    rows every rank draws alike (the sleep phase's dreams with a fixed em.sleep_batch_size)."""
+    saved = _state.first_input
+    _state.first_input = int(first_input)
+    try:
+        yield
+    finally:
+        _state.first_input = saved
+
+
 def for_rows(num_rows: int, rows_per_input: int, device: torch.device | str
              ) -> RowNoise | None:
     """The noise of a sampling call over `num_rows` rows, each input's `rows_per_input` rows

@@ -8,11 +8,18 @@ G(cell)[A, B] = log Σ_C p(A -> B C) β_C(cell) computed once per right-child ce
 each node costs O(n·S) work however many samples are drawn; C is then drawn given (k, B).
 All B × num_samples trees advance together (`build_trees`); the loop runs over steps only.
 Preterminals are summed out of every reward, so the trees carry none.
+
+With a training step's row noise (`train.row_noise`) the draws of each sample row come from
+its uniforms, by inverse CDF, instead of from the generator: the root reads the row's column 0
+and its c-th node (pre-order, which `build_trees` expands at step c) columns 1 + 2c (split and
+left child) and 2 + 2c (right child). Columns past a node's widest split have weight 0, so a
+sample is the same however wide its batch is padded and whichever sentences share it.
 """
 from __future__ import annotations
 
 import torch
 
+from gfnem_cli.engine import row_noise
 from grammars.binary_trees import BinaryTrees
 from grammars.charts.topdown import build_trees
 from grammars.charts.inside import inside_chart
@@ -26,8 +33,10 @@ TABLE_BUDGET = 1 << 25
 
 @torch.no_grad()
 def sample_posterior(params: PCFGParams, num_samples: int,
-                     generator: torch.Generator | None = None) -> BinaryTrees:
-    """B · num_samples trees, the samples of sentence b in rows b·N ... b·N + N - 1.
+                     generator: torch.Generator | None = None,
+                     noise: row_noise.RowNoise | None = None) -> BinaryTrees:
+    """B · num_samples trees, the samples of sentence b in rows b·N ... b·N + N - 1; `noise`
+    (row noise over those B·N rows) replaces the generator's draws.
 
     1-word sentences (probability 0 under the CNF grammar) get empty trees.
     """
@@ -35,7 +44,11 @@ def sample_posterior(params: PCFGParams, num_samples: int,
         params.num_preterminals
     per_sentence = max(1, n * (n + 1) // 2 * NT * (NT + T))
     chunk = max(1, TABLE_BUDGET // per_sentence)
-    parts = [_sample_chunk(batch_rows(params, s, min(B, s + chunk)), num_samples, generator)
+    # draw 0's columns are the same whatever the width: column c is counter c
+    u = None if noise is None else noise.uniform(0, max(2 * n - 1, 1))
+    N = num_samples
+    parts = [_sample_chunk(batch_rows(params, s, min(B, s + chunk)), N, generator,
+                           None if u is None else u[s * N:min(B, s + chunk) * N])
              for s in range(0, B, chunk)]
     if len(parts) == 1:
         return parts[0]
@@ -44,7 +57,8 @@ def sample_posterior(params: PCFGParams, num_samples: int,
                        lengths=torch.cat([p.lengths for p in parts]))
 
 
-def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
+def _sample_chunk(params: PCFGParams, N: int, generator, u: torch.Tensor | None
+                  ) -> BinaryTrees:
     _, chart = inside_chart(params)                                   # (B, n, n+1, NT) log β
     # The tables below multiply β by rule probabilities in the linear domain; float64 keeps
     # products of a cell's likely labels with rules that disfavour them from underflowing.
@@ -91,8 +105,16 @@ def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
     rows = torch.arange(B, device=device)
     root_logits = params.roots.double() + chart[rows, 0, lengths]              # -inf for length 1
     root_logits = torch.where(lengths[:, None] >= 2, root_logits, torch.zeros_like(root_logits))
-    root_labels = sample_categorical(root_logits.repeat_interleave(N, 0), generator)
     ks = torch.arange(1, n, device=device)
+    step = [0]          # build_trees expands node `step` of every tree still growing
+
+    def categorical(logits, r, column):
+        if u is None:
+            return sample_categorical(logits, generator)
+        return row_noise.inverse_cdf(logits, u[r, column].to(device))
+
+    root_labels = categorical(root_logits.repeat_interleave(N, 0),
+                              torch.arange(B * N, device=device), 0)
 
     def choose(r, i, j, a):
         b = r // N
@@ -108,11 +130,13 @@ def _sample_chunk(params: PCFGParams, N: int, generator) -> BinaryTrees:
                  + g_cell[right_row, None]
                  + g_rule[bb, right_is_leaf, a[:, None]])
         logits = torch.where(ok[..., None], left + right, torch.full_like(left, float("-inf")))
-        flat = sample_categorical(logits.reshape(len(r), -1), generator)
+        c = step[0]
+        step[0] += 1
+        flat = categorical(logits.reshape(len(r), -1), r, 1 + 2 * c)
         k = i + 1 + flat // S
         left_sym = flat % S
         c_logits = R[b % Bb, a, left_sym] + ext[b, k, j]
-        return k, left_sym, sample_categorical(c_logits, generator)
+        return k, left_sym, categorical(c_logits, r, 2 + 2 * c)
 
     trees = build_trees(lengths.repeat_interleave(N), root_labels, choose, n)
     trees.preterminals = None

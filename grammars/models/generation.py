@@ -6,7 +6,9 @@ log-probability tables (`SamplingTables`); the sampler never needs to know which
 came from. All sentences of a round expand together: one vectorized step per tree level
 (breadth first), never a loop over sentences. A sentence is abandoned as soon as it must
 exceed `max_length` (each pending nonterminal yields at least two words) and redrawn, so
-the result follows p_θ(x, z | |x| <= max_length).
+the result follows p_θ(x, z | |x| <= max_length). With a training step's row noise
+(`train.row_noise`, the sleep phase) every draw of a sentence is keyed by its global row
+instead of read from a generator (`_keyed_pieces`), so a dream is the same on any rank.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gfnem_cli.engine import row_noise
 from gfnem_cli.engine.errors import GfnemError
 from grammars.binary_trees import BinaryTrees
 
@@ -39,28 +42,38 @@ class SamplingTables:
     parent_conditioned: bool
 
 
-def _on(tables: SamplingTables, generator) -> SamplingTables:
-    """Sampling runs where the generator lives (e.g. a CPU generator for a CUDA model)."""
-    if generator is None or tables.roots.device == generator.device:
+def _on(tables: SamplingTables, device) -> SamplingTables:
+    """Sampling runs on `device` (e.g. a CPU generator's for a CUDA model), if one is given."""
+    if device is None or tables.roots.device == device:
         return tables
-    dev = generator.device
-    return SamplingTables(tables.roots.to(dev), tables.rules.to(dev), tables.emissions.to(dev),
-                          tables.parent_conditioned)
+    return SamplingTables(tables.roots.to(device), tables.rules.to(device),
+                          tables.emissions.to(device), tables.parent_conditioned)
 
 
-def _draw(log_table: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
-    """One categorical draw per entry of `rows` from the rows of a (R, K) log table."""
+def _draw(log_table: torch.Tensor, rows: torch.Tensor, generator,
+          u: torch.Tensor | None = None) -> torch.Tensor:
+    """One categorical draw per entry of `rows` from the rows of a (R, K) log table; with `u`
+    (one row-noise uniform per entry) by inverse CDF instead of from the generator."""
     out = []
-    for part in rows.split(ROW_CHUNK):
-        probs = log_table[part].float().exp()
-        out.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
+    for at in range(0, rows.numel(), ROW_CHUNK):
+        part = rows[at:at + ROW_CHUNK]
+        if u is None:
+            probs = log_table[part].float().exp()
+            out.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
+        else:
+            out.append(row_noise.inverse_cdf(log_table[part], u[at:at + ROW_CHUNK]))
     return torch.cat(out) if out else rows.new_zeros(0)
 
 
 @torch.no_grad()
 def _one_round(tables: SamplingTables, count: int, max_length: int, per_sentence: bool,
-               generator):
-    """Draw `count` trees; return (accepted mask (count,), node arrays of accepted sentences)."""
+               generator, uniforms: torch.Tensor | None = None):
+    """Draw `count` trees; return (accepted mask (count,), node arrays of accepted sentences).
+
+    `uniforms` (count, 2·max_length) replaces the generator: sentence m's root reads column 0,
+    its c-th expansion (breadth first, left to right) column 1 + c and the emission of its word
+    p column max_length + p. A sentence still alive when a level starts has expanded at most
+    max_length − 1 − f nodes, f its frontier, so c < max_length − 1: the columns never meet."""
     roots, rules, emissions = tables.roots, tables.rules, tables.emissions
     G, C, NT, SS = rules.shape
     CE, T, V = emissions.shape[1:]
@@ -72,7 +85,9 @@ def _one_round(tables: SamplingTables, count: int, max_length: int, per_sentence
 
     # node arrays, one entry per node (internal or preterminal), appended level by level
     n_sent, n_sym, n_parent, n_side, n_level = [], [], [], [], []
-    root_sym = _draw(roots, group, generator)
+    keyed = uniforms is not None
+    root_sym = _draw(roots, group, generator, uniforms[:, 0] if keyed else None)
+    expanded = torch.zeros(count, dtype=torch.long, device=device) if keyed else None
     n_sent.append(sent); n_sym.append(root_sym); n_parent.append(torch.full_like(sent, -1))
     n_side.append(torch.zeros_like(sent)); n_level.append(torch.zeros_like(sent))
     next_id = count
@@ -84,7 +99,13 @@ def _one_round(tables: SamplingTables, count: int, max_length: int, per_sentence
     rule_rows = rules.reshape(G * C * NT, SS)
     while f_id.numel() > 0:
         level += 1
-        pick = _draw(rule_rows, (group[f_sent] * C + f_ctx) * NT + f_sym, generator)
+        u = None
+        if keyed:           # the frontier is sorted by sentence: rank within it, then count
+            rank = torch.arange(f_sent.numel(), device=device) - torch.searchsorted(f_sent,
+                                                                                    f_sent)
+            u = uniforms[f_sent, 1 + expanded[f_sent] + rank]
+            expanded += torch.bincount(f_sent, minlength=count)
+        pick = _draw(rule_rows, (group[f_sent] * C + f_ctx) * NT + f_sym, generator, u)
         kids = torch.stack([pick // S, pick % S], dim=1).reshape(-1)    # left, right, ...
         k = f_id.numel()
         kid_sent = f_sent.repeat_interleave(2)
@@ -133,22 +154,14 @@ def _one_round(tables: SamplingTables, count: int, max_length: int, per_sentence
     if bool(pre.any()):
         ectx = sym[parent.clamp(min=0)] if cond else torch.zeros_like(sym)
         rows = ((group[sent_of] * CE + ectx) * T + (sym - NT))[pre]
-        words[pre] = _draw(emissions.reshape(G * CE * T, V), rows, generator)
+        u = uniforms[sent_of[pre], max_length + start[pre]] if keyed else None
+        words[pre] = _draw(emissions.reshape(G * CE * T, V), rows, generator, u)
     return alive, dict(sent=sent_of, sym=sym, start=start, size=size, word=words, NT=NT)
-
-
-def _pack(nodes: dict, accepted: torch.Tensor, offset: int, num_out: int):
-    """Node arrays of one round -> output row per node, and each output row's length."""
-    row = (torch.cumsum(accepted.long(), 0) - 1 + offset)[nodes["sent"]]
-    # the root spans its whole sentence, so the length is the largest end of any node
-    length_of = torch.zeros(num_out, dtype=torch.long, device=row.device)
-    length_of.scatter_reduce_(0, row, nodes["start"] + nodes["size"], reduce="amax")
-    return row, length_of
 
 
 @torch.no_grad()
 def sample(model, num: int, max_length: int, generator: torch.Generator | None = None,
-           max_draws: int | None = None):
+           max_draws: int | None = None, noise: row_noise.RowNoise | None = None):
     """Draw `num` sentences with their trees from `model` (any of npcfg, cpcfg, ncfg).
 
     Returns (ids: list of `num` lists of word ids, trees: BinaryTrees with spans/labels of the
@@ -156,7 +169,9 @@ def sample(model, num: int, max_length: int, generator: torch.Generator | None =
     each sentence gets its own z from the prior N(0, I). Sentences longer than `max_length`
     are rejected and redrawn; after `max_draws` draws (default 1000·num + 10000) without
     enough short ones this raises GfnemError. Reproducible given `generator`; sampling runs,
-    and the outputs live, on the generator's device (else on the model's).
+    and the outputs live, on the generator's device (else on the model's). `noise` (row noise
+    over the `num` sentences, one row each) replaces the generator's draws, on its device;
+    a per-sentence grammar's latent has no keyed draw, so it is refused there.
     """
     if num <= 0:
         raise ValueError("num must be positive")
@@ -166,17 +181,20 @@ def sample(model, num: int, max_length: int, generator: torch.Generator | None =
     per_sentence = bool(getattr(model, "compound", False))
     limit = max_draws if max_draws is not None else 1000 * num + 10000
     cap = COMPOUND_ROUND if per_sentence else SHARED_ROUND
+    if noise is not None:
+        if per_sentence:
+            raise ValueError("row noise keys a shared grammar's draws; a per-sentence "
+                             "grammar's latent comes from the generator")
+        return _assemble(_keyed_pieces(model, num, max_length, generator, limit, noise), num)
+    where = generator.device if generator is not None else None
     pieces, have, drawn, tables = [], 0, 0, None
     while have < num:
-        if drawn >= limit:
-            raise GfnemError(
-                f"only {have} of {num} sampled sentences had at most {max_length} words after "
-                f"{drawn} draws", hint="raise the maximum length")
+        _check_draws(have, num, drawn, limit, max_length)
         need = num - have
         rate = (have + 1) / (drawn + 1) if drawn else 1.0
         count = min(cap, max(need, math.ceil(1.2 * need / rate)), limit - drawn)
         if tables is None or per_sentence:
-            tables = _on(model.sampling_tables(count, generator), generator)
+            tables = _on(model.sampling_tables(count, generator), where)
         accepted, nodes = _one_round(tables, count, max_length, per_sentence, generator)
         drawn += count
         take = int(accepted.sum())
@@ -186,23 +204,64 @@ def sample(model, num: int, max_length: int, generator: torch.Generator | None =
             keep = nodes["sent"] < last
             nodes = {k: (v[keep] if torch.is_tensor(v) else v) for k, v in nodes.items()}
             take = need
-        if take:
-            pieces.append((accepted, nodes, have, take))
+        if take:      # the accepted sentences fill the next output rows, in order
+            pieces.append(((torch.cumsum(accepted.long(), 0) - 1 + have)[nodes["sent"]], nodes))
         have += take
     return _assemble(pieces, num)
 
 
+def _check_draws(have: int, num: int, drawn: int, limit: int, max_length: int) -> None:
+    if drawn >= limit:
+        raise GfnemError(f"only {have} of {num} sampled sentences had at most {max_length} "
+                         f"words after {drawn} draws", hint="raise the maximum length")
+
+
+def _keyed_pieces(model, num: int, max_length: int, generator, limit: int,
+                  noise: row_noise.RowNoise) -> list:
+    """Sentence m's attempt a reads row m of `noise.uniform(a, 2·max_length)` (`_one_round`),
+    and m is its first attempt that fits. Every sentence still pending makes the same attempts
+    in a round, so which sentences share a round, and how many attempts it makes, change no
+    sentence: each is a function of its global row alone."""
+    tables = _on(model.sampling_tables(num, generator), noise.device)
+    width, device = 2 * max_length, noise.device
+    pending = torch.arange(num, device=device)
+    pieces, attempt, drawn = [], 0, 0
+    while pending.numel():
+        P = pending.numel()
+        _check_draws(num - P, num, drawn, limit, max_length)
+        rate = (num - P + 1) / (drawn + 1) if drawn else 1.0
+        tries = max(1, min(math.ceil(1.2 / rate), SHARED_ROUND // P, (limit - drawn) // P))
+        u = torch.stack([noise.uniform(attempt + t, width)[pending] for t in range(tries)], 1)
+        u = u.reshape(P * tries, width)                      # row p·tries + t: attempt t of p
+        ok = torch.zeros(P * tries, dtype=torch.bool, device=device)
+        parts = []
+        for lo in range(0, P * tries, SHARED_ROUND):
+            hi = min(lo + SHARED_ROUND, P * tries)
+            ok[lo:hi], nodes = _one_round(tables, hi - lo, max_length, False, None, u[lo:hi])
+            parts.append((lo, nodes))
+        ok = ok.view(P, tries)
+        found = ok.any(1)
+        chosen = torch.zeros(P * tries, dtype=torch.bool, device=device)
+        chosen[(torch.arange(P, device=device) * tries + ok.long().argmax(1))[found]] = True
+        for lo, nodes in parts:
+            row = nodes["sent"] + lo
+            keep = chosen[row]
+            pieces.append((pending[row[keep] // tries],
+                           {k: (v[keep] if torch.is_tensor(v) else v) for k, v in nodes.items()}))
+        drawn, attempt, pending = drawn + P * tries, attempt + tries, pending[~found]
+    return pieces
+
+
 def _assemble(pieces, num: int):
+    """(output row of each node, node arrays) pieces -> `sample`'s outputs."""
     device = pieces[0][1]["sym"].device
-    rows, syms, starts, sizes, words = [], [], [], [], []
-    lengths = torch.zeros(num, dtype=torch.long, device=device)
     NT = pieces[0][1]["NT"]
-    for accepted, nodes, offset, _ in pieces:
-        row, length_of = _pack(nodes, accepted, offset, num)
-        lengths = torch.maximum(lengths, length_of)
-        rows.append(row); syms.append(nodes["sym"]); starts.append(nodes["start"])
-        sizes.append(nodes["size"]); words.append(nodes["word"])
-    row, sym, start, size, word = (torch.cat(v) for v in (rows, syms, starts, sizes, words))
+    row = torch.cat([r for r, _ in pieces])
+    sym, start, size, word = (torch.cat([nodes[k] for _, nodes in pieces])
+                              for k in ("sym", "start", "size", "word"))
+    # the root spans its whole sentence, so the length is the largest end of any node
+    lengths = torch.zeros(num, dtype=torch.long, device=device)
+    lengths.scatter_reduce_(0, row, start + size, reduce="amax")
     L = int(lengths.max())
     pre = sym >= NT
     ids = torch.zeros(num, L, dtype=torch.long, device=device)

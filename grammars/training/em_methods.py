@@ -10,7 +10,8 @@ their bracketings s, labels summed out; Adam with `train.lr`, `train.betas`, `tr
                     the E-loss (Hu et al. 2023). Works for the neural PCFG and the
                     non-context-free grammar.
 - `exact-sampling`  trees drawn from the exact posterior by the inside algorithm (context-free
-                    grammars only); M-step every step.
+                    grammars only); M-step every step. With `train.row_noise` each sample's
+                    draws are keyed by its global row, so K ranks draw what one process does.
 - `mcem`            trees from persistent Metropolis–Hastings chains per training sentence
                     (`grammars.training.mcem`); M-step every step. Both grammar kinds. Under
                     torchrun each rank moves its shard's chains and all ranks keep them all.
@@ -38,7 +39,7 @@ import torch
 
 from gfnem_cli.engine import (DIVERGENCES, EMLoop, GfnemError, GFlowNetEStep, PosteriorEStep,
                               em_options_from_config, exploration_from_config,
-                              model_optimizer_from_config, objective_from_config)
+                              model_optimizer_from_config, objective_from_config, row_noise)
 from grammars.charts.posterior_sampling import sample_posterior
 from grammars.evaluation.importance_bound import (SamplerProposal, UniformTreeProposal,
                                                   importance_sampled_likelihood)
@@ -84,9 +85,11 @@ def sampler_optimizer(sampler, config: dict) -> torch.optim.Adam:
 
 
 def _exact_draw(model, device):
+    """Exact posterior draws; with `train.row_noise` keyed by each sample's global row."""
     def draw(batch, n: int):
         ids, lengths = inputs(batch, device)
-        return sample_posterior(model.params(ids, lengths), n), {}
+        noise = row_noise.for_rows(ids.shape[0] * n, n, device)
+        return sample_posterior(model.params(ids, lengths), n, noise=noise), {}
     return draw
 
 

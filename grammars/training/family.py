@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from gfnem_cli.engine import Exploration, Refined
+from gfnem_cli.engine import Exploration, Refined, row_noise
 from grammars.data.batching import make_batch
 from grammars.evaluation.likelihood import tokens_in
 from grammars.gflownet import local_search
+from grammars.models.generation import sample as generate
 from grammars.training.mcem import frozen_tables
 
 
@@ -89,11 +90,12 @@ class GrammarFamily:
     @torch.no_grad()
     def dream(self, count: int):
         """(x, z) ~ p_θ with |x| ≤ dream_max_length, for the sleep phase. Drawn on the host
-        (the process's CPU generator, checkpointed with the run): top-down generation with
-        rejection of long sentences is ragged, host-driven work, so on a GPU the only wait is
-        the copy of the grammar's tables."""
-        id_lists, trees, _ = self.model.sample(count, self.dream_max_length,
-                                               generator=torch.default_generator)
+        (the process's CPU generator, checkpointed with the run, or the step's row noise):
+        top-down generation with rejection of long sentences is ragged, host-driven work, so
+        on a GPU the only wait is the copy of the grammar's tables."""
+        noise = row_noise.for_rows(count, 1, "cpu")     # dream i: the step's row i
+        id_lists, trees, _ = generate(self.model, count, self.dream_max_length,
+                                      generator=torch.default_generator, noise=noise)
         host_lengths = trees.lengths
         ids = make_batch(id_lists, list(range(count))).ids.to(self.device)  # one transfer
         trees.spans, trees.labels = trees.spans.to(self.device), trees.labels.to(self.device)

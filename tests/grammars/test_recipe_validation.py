@@ -300,3 +300,15 @@ def test_save_config_is_atomic(tmp_path, monkeypatch):
 def test_load_recipe_still_gives_the_flat_keys(tmp_path):
     flat = load_recipe(write(tmp_path, "train:\n  lr: 0.5\nmethod: gfnem\n"))
     assert flat == {"train.lr": 0.5, "method": "gfnem"}
+
+
+def test_row_noise_takes_both_families_sleep_phases_and_exact_sampling():
+    """Dreams (both families) and exact posterior draws are keyed by row noise (issue 14)."""
+    from vae.recipe import VAE_DEFAULTS
+
+    noise = ["train.row_noise=true"]
+    for extra in (["method=gfnem", "em.sleep_weight=1"], ["method=exact-sampling"],
+                  ["method=gfnem", "em.sleep_weight=1", "em.sleep_batch_size=5"]):
+        assert resolve_config(GRAMMAR_DEFAULTS, R, noise + extra)["train"]["row_noise"]
+    assert resolve_config(VAE_DEFAULTS, RECIPES / "shapes-dvae-gfnem.yaml",
+                          noise + ["em.sleep_weight=0.3"])["train"]["row_noise"]

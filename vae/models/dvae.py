@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gfnem_cli.engine.row_noise import RowNoise
 from vae.code_grids import CodeGrids, enumerate_grids
 
 
@@ -50,14 +51,20 @@ class DiscreteVAE(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, count: int, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, CodeGrids]:
-        """(x (count, H, W) uint8, z): z ~ p(z), x ~ p(x | z)."""
+    def sample(self, count: int, generator: torch.Generator | None = None,
+               noise: RowNoise | None = None) -> tuple[torch.Tensor, CodeGrids]:
+        """(x (count, H, W) uint8, z): z ~ p(z), x ~ p(x | z). With `noise` (train.row_noise)
+        sample m's draws are its row's: the prior's cells its draws 0 … hw−1, the pixels the
+        next H·W, so a dream is a function of its row alone."""
         device = next(self.decoder.parameters()).device
-        codes = self.prior.sample(count, generator, device=device)
+        codes = self.prior.sample(count, generator, device=device, noise=noise)
         means = self.decoder_means(codes)
-        noise = torch.rand(means.shape, generator=generator, device=device, dtype=means.dtype)
-        return (noise < means).to(torch.uint8), CodeGrids(codes, self.num_codes)
+        if noise is None:
+            u = torch.rand(means.shape, generator=generator, device=device, dtype=means.dtype)
+        else:
+            cells = codes[0].numel()
+            u = noise.uniform(0, cells + means[0].numel())[:, cells:].view(means.shape)
+        return (u < means).to(torch.uint8), CodeGrids(codes, self.num_codes)
 
     # ------------------------------------------------------------------ enumeration
     def exact_log_joint_table(self, images: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -6,7 +6,8 @@
   cells before it; log p(z) = Σ_c log softmax(logits_c)[z_c]. The first (type A) layer's
   kernel covers the whole grid, so every earlier cell is visible (no blind spot). Trained in
   the M-step with the decoder.
-Both offer `sample(count)` for the sleep phase and for prior samples.
+Both offer `sample(count)` for the sleep phase and for prior samples (with `train.row_noise`,
+each row's draws keyed by the row).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from gfnem_cli.engine.row_noise import RowNoise, inverse_cdf
 
 
 class UniformPrior(nn.Module):
@@ -28,7 +31,11 @@ class UniformPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, count: int, generator: torch.Generator | None = None,
-               device=None) -> torch.Tensor:
+               device=None, noise: RowNoise | None = None) -> torch.Tensor:
+        if noise is not None:      # row m's draws 0 … hw−1, one per cell
+            u = noise.uniform(0, self.grid[0] * self.grid[1])
+            return (u * self.num_codes).long().clamp(max=self.num_codes - 1).view(
+                count, *self.grid)
         return torch.randint(self.num_codes, (count, *self.grid), generator=generator,
                              device=device)
 
@@ -74,13 +81,19 @@ class AutoregressivePrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, count: int, generator: torch.Generator | None = None,
-               device=None) -> torch.Tensor:
+               device=None, noise: RowNoise | None = None) -> torch.Tensor:
+        """With `noise`, cell c of row m is drawn by inverse CDF from the row's draw c."""
         h, w = self.grid
         codes = torch.full((count, h, w), -1, dtype=torch.long, device=device)
+        u = None if noise is None else noise.uniform(0, h * w)
         for cell in range(h * w):          # autoregressive: one cell per step, all rows at once
             i, j = divmod(cell, w)
-            probs = torch.softmax(self.logits(codes)[:, i, j], dim=-1)
-            codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            logits = self.logits(codes)[:, i, j]
+            if u is None:
+                probs = torch.softmax(logits, dim=-1)
+                codes[:, i, j] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                codes[:, i, j] = inverse_cdf(torch.log_softmax(logits, dim=-1), u[:, cell])
         return codes
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from gfnem_cli.engine import row_noise
 from vae.code_grids import CodeGrids
 from vae.data.batching import ImageBatch
 
@@ -52,8 +53,9 @@ class ImageFamily:
 
     @torch.no_grad()
     def dream(self, count: int) -> tuple[torch.Tensor, CodeGrids]:
-        """(x̃, z̃) ~ p_θ, for the sleep phase."""
-        return self.model.sample(count)
+        """(x̃, z̃) ~ p_θ, for the sleep phase; with train.row_noise dream i is the step's
+        row i (the engine numbers them)."""
+        return self.model.sample(count, noise=row_noise.for_rows(count, 1, self.device))
 
     def log_pf_of(self, x: torch.Tensor, z: CodeGrids) -> torch.Tensor:
         """log P_F of one trajectory to each z̃ (any order: its order drawn from P_B)."""

@@ -177,11 +177,6 @@ def shared_conflicts(config: dict, input_word: str):
                        f"em.mstep_temperature ({em['mstep_temperature']:g}) shapes fresh M-step "
                        "draws, but em.mstep_reuse_samples: true fits the E-step's latents",
                        "set em.mstep_reuse_samples: false, or leave em.mstep_temperature at 1")
-    if config["train"].get("row_noise") and em.get("sleep_weight", 0.0) > 0.0:
-        yield Conflict(("train.row_noise", "em.sleep_weight"),
-                       "train.row_noise keys the draws of a batch's rows, but the sleep phase's "
-                       "dreams are no batch's rows and would still come from each rank's own "
-                       "generator", "set em.sleep_weight: 0, or train.row_noise: false")
     name, n = config["objective"]["name"], config["sampler"]["samples_per_input"]
     if config["method"] == "gfnem" and name in DIVERGENCES + ("vargrad",) and n < 2:
         yield Conflict(("sampler.samples_per_input", "objective.name"),
