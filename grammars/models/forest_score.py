@@ -18,9 +18,11 @@ log p(root = A) counts only when one node spans the whole sentence. So the parti
 a complete tree is exactly log p(x, z), and the partial score only grows in determined terms
 along a trajectory — the "forward-looking" part of the GFlowNet's flows (DESIGN.md §3).
 
-Everything is vectorized over all nodes of all trees: parents and children come from span
-containment with tensor ops, and each node gathers only the rule entries its children allow
-(one entry, a T-vector, or the T x T preterminal block), never a whole (S, S) table per node.
+Everything is vectorized over all nodes of all trees, in shapes fixed by the batch's (B, M)
+alone, so that a GPU never waits for a count: parents and children come from span
+containment with tensor ops, and each node gathers the rule entries of every kind of
+children (one entry, a T-vector each side, the T x T preterminal block) and keeps those its
+children allow, never a whole (S, S) table per node.
 """
 from __future__ import annotations
 
@@ -128,53 +130,60 @@ def forest_node_terms(structure: ForestStructure, labels: torch.Tensor, words: t
     root_term = torch.where(structure.complete_root, root_logp, torch.zeros_like(root_logp)).sum(1)
     if M == 0:
         return node_terms, determined, root_term
-    # the nodes of each rule kind are selected by mask: empty selections flow through, so no
-    # kind is guarded by reading the device (a GPU still waits once per `nonzero`)
-
-    bi, mi = present.nonzero(as_tuple=True)                   # one row per real node
-    A = labels[bi, mi]
-    g = group[bi]
-    par = structure.parent[bi, mi]
+    # Dense and fixed-shape: every node gets the term of each of the four rule kinds (absent
+    # nodes and other kinds read clamped, valid entries) and keeps its own by `where`. No
+    # selection sized by the data, so no GPU wait; a kind's scores are zeroed outside its
+    # nodes before the logsumexp, so an entry there that is -inf cannot put a NaN into the
+    # gradients.
+    A = labels.clamp(min=0)
+    g = group[:, None].expand(B, M)
     if parent_conditioned:
-        ctx = torch.where(par >= 0, labels[bi, par.clamp(min=0)], torch.full_like(A, NT))
+        parent = structure.parent
+        ctx = torch.where(parent >= 0, labels.gather(1, parent.clamp(min=0)),
+                          torch.full_like(A, NT))
         ectx = A
     else:
         ctx = torch.zeros_like(A)
-        ectx = torch.zeros_like(A)
-    lnode, rnode = structure.left[bi, mi], structure.right[bi, mi]
-    lsym = torch.where(lnode >= 0, labels[bi, lnode.clamp(min=0)], torch.full_like(A, -1))
-    rsym = torch.where(rnode >= 0, labels[bi, rnode.clamp(min=0)], torch.full_like(A, -1))
-    lword = words[bi, structure.start[bi, mi]]
-    rword = words[bi, structure.end[bi, mi] - 1]
+        ectx = ctx
+    l_leaf, r_leaf = structure.left < 0, structure.right < 0
+    lsym = labels.gather(1, structure.left.clamp(min=0)).clamp(min=0)
+    rsym = labels.gather(1, structure.right.clamp(min=0)).clamp(min=0)
+    lword = words.gather(1, structure.start)
+    rword = words.gather(1, (structure.end - 1).clamp(min=0))
 
     table = rules.reshape(G * C * NT, S, S)
     row = (g * C + ctx) * NT + A                              # the row p(A -> . . | ctx)
+    l_emit = emissions[g, ectx, :, lword]                     # (B, M, T)
+    r_emit = emissions[g, ectx, :, rword]
 
-    def emit(word: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-        return emissions[g[sel], ectx[sel], :, word[sel]]     # (k, T)
+    def summed(kind: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """logsumexp over the trailing axes of `scores` (a fresh buffer, zeroed in place
+        outside the nodes of `kind`)."""
+        mask = kind.reshape(*kind.shape, *([1] * (scores.dim() - 2)))
+        return torch.logsumexp(scores.masked_fill_(~mask, 0.0).flatten(2), dim=2)
 
-    l_leaf, r_leaf = lsym < 0, rsym < 0
-    values, where = [], []
-    sel = ~l_leaf & ~r_leaf                                   # A -> B C, both nodes
-    values.append(table[row[sel], lsym[sel], rsym[sel]])
-    where.append(sel.nonzero(as_tuple=True)[0])
-    sel = l_leaf & ~r_leaf                                    # A -> t C, t summed out
-    scores = table[row[sel], NT:, rsym[sel]] + emit(lword, sel)
-    values.append(torch.logsumexp(scores, dim=1))
-    where.append(sel.nonzero(as_tuple=True)[0])
-    sel = ~l_leaf & r_leaf                                    # A -> B t
-    scores = table[row[sel], lsym[sel], NT:] + emit(rword, sel)
-    values.append(torch.logsumexp(scores, dim=1))
-    where.append(sel.nonzero(as_tuple=True)[0])
-    sel = l_leaf & r_leaf                                     # A -> t t'
-    scores = (table[:, NT:, NT:][row[sel]] + emit(lword, sel)[:, :, None]
-              + emit(rword, sel)[:, None, :])
-    values.append(torch.logsumexp(scores.flatten(1), dim=1))
-    where.append(sel.nonzero(as_tuple=True)[0])
-    per_node = torch.zeros(bi.shape[0], dtype=dtype, device=device).index_put(
-        (torch.cat(where),), torch.cat(values))
-    node_terms = node_terms.index_put((bi, mi), per_node)
-    return node_terms, determined, root_term
+    both = present & ~l_leaf & ~r_leaf                        # A -> B C, both nodes
+    left_t = present & l_leaf & ~r_leaf                       # A -> t C, t summed out
+    right_t = present & ~l_leaf & r_leaf                      # A -> B t
+    leaves = present & l_leaf & r_leaf                        # A -> t t'
+    terms = torch.where(both, table[row, lsym, rsym], node_terms)
+    terms = torch.where(left_t, summed(left_t, table[row, NT:, rsym] + l_emit), terms)
+    terms = torch.where(right_t, summed(right_t, table[row, lsym, NT:] + r_emit), terms)
+    # A -> t t' spans two words, and such spans of a row are disjoint: at most n // 2 of them,
+    # so the T x T blocks are read for the K = n // 2 slots holding them (topk: fixed shape)
+    K = min(M, words.shape[1] // 2)
+    expect(leaves.sum(1) <= K, "more than n // 2 two-word nodes in a row: their spans overlap")
+    slot = torch.topk(leaves.int(), K, dim=1, sorted=False).indices              # (B, K)
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, slot.reshape(*slot.shape, *([1] * (x.dim() - 2))).expand(
+            *slot.shape, *x.shape[2:]))
+    pair = (table[:, NT:, NT:][pick(row)] + pick(l_emit)[..., :, None]
+            ).add_(pick(r_emit)[..., None, :])                # in place: one T x T buffer
+    pair_terms = summed(pick(leaves), pair)                                      # (B, K)
+    pair_terms = torch.zeros_like(terms).scatter(1, slot, pair_terms)
+    terms = torch.where(leaves, pair_terms, terms)
+    return terms, determined, root_term
 
 
 def forest_log_prob(structure: ForestStructure, labels, words, roots, rules, emissions, group,

@@ -5,8 +5,10 @@ its rollouts by host ints (`Forest.widest`, the batch's host lengths) and checks
 without a wait (`engine/device_checks.expect`), so a real step (synthetic recipe, M-step
 every step, local search and the sleep phase on) converts device tensors only for `settle`'s
 one transfer and the bracketing DP's width counts; every other conversion reads a host copy
-(`tests/benchmarks/host_reads.py` counts them). Also: `widest` equals num_roots.max() after every
-merge and split of rollouts, walks back and local search (the bound the rollouts rely on).
+(`tests/benchmarks/host_reads.py` counts them). Nor does it run an op sized by the data (a
+wait too) except the ones listed in DATA_WAITS, each a known one still to remove, so that a
+new one fails here. Also: `widest` equals num_roots.max() after every merge and split of
+rollouts, walks back and local search (the bound the rollouts rely on).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from test_local_search import untrained
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "benchmarks"))
-from host_reads import count_host_reads  # noqa: E402
+from host_reads import DataWaits, count_host_reads  # noqa: E402
 
 # (file, function): the conversions a step may make. Device reads: `settle` and the width
 # counts of the bracketing DP (one per M-step). Host reads: the batch's host lengths, local
@@ -37,6 +39,15 @@ HOST_READS = {("training/family.py", "inputs"), ("gflownet/sampler.py", "expand_
               ("evaluation/likelihood.py", "tokens_in"), ("gflownet/local_search.py", "_round_k"),
               ("models/generation.py", "sample"), ("models/generation.py", "_one_round"),
               ("models/generation.py", "_assemble"), ("data/batching.py", "make_batch")}
+# (file, function, op): the ops sized by the data that a step still runs on device tensors.
+# The complete trees' reward (`tree_score`: a `nonzero` and masked indexing per rule kind)
+# and the bracketing DP's `bincount` before its width counts are read (the same wait).
+DATA_WAITS = {("charts/tree_score.py", "tree_log_prob", "nonzero"),
+              ("charts/tree_score.py", "tree_log_prob", "index[bool]"),
+              ("models/bracketing_score.py", "bracketing_log_prob", "bincount")}
+# (file, function): where such ops run on host tensors (the dream, on the host generator)
+HOST_DATA_OPS = {("models/generation.py", "_one_round"), ("models/generation.py", "_assemble"),
+                 ("models/generation.py", "<dictcomp>"), ("models/generation.py", "sample")}
 EVERYTHING_ON = ["model.nonterminals=4", "model.preterminals=5", "model.symbol_dim=16",
                  "sampler.d_model=16", "sampler.num_layers=1", "sampler.num_heads=2",
                  "train.batch_size=6", "em.mstep_samples=3", "em.threshold_max=1e9",
@@ -53,7 +64,7 @@ def corpus(synthetic_corpus) -> Path:
 
 
 @pytest.mark.parametrize("loss", ["rescore", "path"])
-def test_a_grammar_em_step_reads_the_device_only_for_the_gate_the_checks_and_widths(
+def test_a_grammar_em_step_reads_the_device_only_for_the_gate_and_widths_and_known_ops(
         corpus, monkeypatch, loss):
     from grammars.gflownet.sampler import TreeSampler
 
@@ -73,15 +84,35 @@ def test_a_grammar_em_step_reads_the_device_only_for_the_gate_the_checks_and_wid
         handed.append(lengths is not last["batch"].lengths)   # never the device lengths
         return real_expand(self, ids, lengths, rows)
     monkeypatch.setattr(TreeSampler, "expand_rows", expand)
-    sites, steps = count_host_reads(REPO / "recipes" / "synthetic-npcfg-gfnem.yaml",
-                                    [f"data.path={corpus}", *EVERYTHING_ON,
-                                     f"sampler.local_search_loss={loss}"], 4, REPO,
-                                    prepare_batch=on_the_device)
+    sites, waits, steps = count_host_reads(
+        REPO / "recipes" / "synthetic-npcfg-gfnem.yaml",
+        [f"data.path={corpus}", *EVERYTHING_ON, f"sampler.local_search_loss={loss}"], 4, REPO,
+        prepare_batch=on_the_device)
     assert steps == 3 and handed and all(handed), handed
     outside = {site: n for site, n in sites.items() if site not in DEVICE_READS | HOST_READS}
     assert not outside, sorted(outside.items())
     for site in DEVICE_READS:
         assert sites[site] == steps, (site, sites[site])    # once a step each
+    on_device = {site for site in waits if site[:2] not in HOST_DATA_OPS}
+    assert on_device == DATA_WAITS, sorted(on_device ^ DATA_WAITS)
+
+
+def test_the_watcher_names_each_op_sized_by_the_data_and_only_those():
+    x = torch.randn(6, requires_grad=True)
+    mask, n = x.detach() > 0, torch.tensor(3)
+    seen = []
+    for run in (lambda: x[mask], lambda: torch.where(mask),
+                lambda: torch.tensor([1, 2]).repeat_interleave(torch.tensor([1, 2])),
+                lambda: torch.zeros(n), lambda: x[mask].sum().backward(),
+                lambda: torch.zeros(6).masked_fill(mask, 1.0), lambda: x.detach()[mask.nonzero()],
+                lambda: torch.arange(2).repeat_interleave(torch.tensor([1, 2]), output_size=3),
+                lambda: torch.zeros(6).index_put_((mask,), torch.tensor(0.0))):
+        watch = DataWaits(REPO)
+        with watch:
+            run()
+        seen.append(sorted(kind for *_, kind in watch.sites.elements()))
+    assert seen == [["index[bool]"], ["nonzero"], ["repeat_interleave"], ["scalar read"],
+                    ["index[bool]", "index_put[bool] (backward)"], [], ["nonzero"], [], []]
 
 
 def _checked(monkeypatch) -> list[int]:
