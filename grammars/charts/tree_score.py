@@ -7,13 +7,17 @@ preterminal of every leaf (Kim et al. 2019's PCFG emits words from T preterminal
 
 A node's term depends on which children are leaves: NT·NT reads one rule; T·NT and NT·T sum
 over the T preterminals of the leaf (a logsumexp over T); T·T (width 2) over T×T. Every node
-of every tree is scored at once, each case on its own subset of nodes; exact and
-differentiable in the grammar. log Σ_z p(z, x) equals the inside log-partition.
+of every tree is scored at once, in shapes fixed by the batch's (B, n, Mx) alone so that a GPU
+never waits for a count (issue 14): each node computes every case's term and keeps its own by
+`where`, and the T×T blocks are read for n // 2 slots a row (at most that many nodes span two
+words). Exact and differentiable in the grammar; log Σ_z p(z, x) equals the inside
+log-partition.
 """
 from __future__ import annotations
 
 import torch
 
+from gfnem_cli.engine.device_checks import expect
 from grammars.binary_trees import BinaryTrees
 from grammars.charts.pcfg_params import check_lengths, masked_terms, shared_rules
 from grammars.charts.pcfg_params import PCFGParams
@@ -43,40 +47,52 @@ def tree_log_prob(params: PCFGParams, trees: BinaryTrees) -> torch.Tensor:
     inner = (i[:, :, None] == i[:, None, :]) & (j[:, None, :] < j[:, :, None]) & live[:, None, :]
     k = torch.where(inner, j[:, None, :], -1).amax(-1)
     k = torch.where(k < 0, i + 1, k)
-    grid = torch.full((B, n, n + 1), -1, dtype=torch.long, device=device)
-    brow = torch.arange(B, device=device)[:, None].expand(B, Mx)
-    grid[brow[live], i[live], j[live]] = a[live]
-    left_label, right_label = grid[brow, i, k], grid[brow, k, j]
+    # labels by span: each live node writes its cell, the others a sink column past the grid
+    # (n + 1 rows: the dummy child [1, 1) of a dead slot lies inside even when n = 1)
+    cells = (n + 1) * (n + 1)
+    grid = torch.full((B, cells + 1), -1, dtype=torch.long, device=device)
+    grid.scatter_(1, torch.where(live, i * (n + 1) + j, cells), a)
+
+    def label(x, y):
+        """The label of node [x, y) (-1 where there is none)."""
+        return grid.gather(1, x * (n + 1) + y)
+    left_label, right_label = label(i, k), label(k, j)
     left_leaf, right_leaf = (k - i) == 1, (j - k) == 1
 
-    def rule(bb, aa, x, y):
-        """log p(aa -> x y) for index tensors that broadcast together."""
-        return shared[aa, x, y] if shared is not None else params.rules[bb, aa, x, y]
+    brow = torch.arange(B, device=device)[:, None].expand(B, Mx)
 
-    t = torch.arange(T, device=device) + NT
-    node_score = terms.new_zeros(B, Mx)
-    cases = (live & ~left_leaf & ~right_leaf, live & left_leaf & ~right_leaf,
-             live & ~left_leaf & right_leaf, live & left_leaf & right_leaf)
-    for case, mask in enumerate(cases):
-        bb, mm = mask.nonzero(as_tuple=True)
-        if bb.numel() == 0:
-            continue
-        ai, ii, kk, jj = a[bb, mm], i[bb, mm], k[bb, mm], j[bb, mm]
-        if case == 0:        # NT · NT
-            s = rule(bb, ai, left_label[bb, mm], right_label[bb, mm])
-        elif case == 1:      # T · NT: the left leaf's preterminal summed out
-            s = (rule(bb[:, None], ai[:, None], t[None, :], right_label[bb, mm][:, None])
-                 + terms[bb, ii]).logsumexp(-1)
-        elif case == 2:      # NT · T
-            s = (rule(bb[:, None], ai[:, None], left_label[bb, mm][:, None], t[None, :])
-                 + terms[bb, kk]).logsumexp(-1)
-        else:                # T · T
-            pair = rule(bb[:, None, None], ai[:, None, None], t[None, :, None], t[None, None, :])
-            s = (pair + terms[bb, ii][:, :, None] + terms[bb, ii + 1][:, None, :]
-                 ).flatten(1).logsumexp(-1)
-        node_score = node_score.index_put((bb, mm), s)
+    def rule(bb, aa, *children):
+        """log p(aa -> . .) in row bb: index tensors that broadcast together, then the two
+        children's indices or slices (a slice reads a whole block per node: one gather)."""
+        return shared[(aa, *children)] if shared is not None else params.rules[(bb, aa, *children)]
+
+    def summed(mask, scores):
+        """logsumexp over the trailing axes of `scores` (a fresh buffer, zeroed in place
+        outside `mask`, so that a -inf entry read by a node of another case cannot put a NaN
+        into the gradients)."""
+        mask = mask.reshape(*mask.shape, *([1] * (scores.dim() - 2)))
+        return scores.masked_fill_(~mask, 0.0).flatten(2).logsumexp(-1)
+
+    t = slice(NT, None)                                          # the preterminals
+    lsym, rsym = left_label.clamp(min=0), right_label.clamp(min=0)
+    both = live & ~left_leaf & ~right_leaf                                       # NT · NT
+    left_t = live & left_leaf & ~right_leaf          # T · NT: the leaf's preterminal summed out
+    right_t = live & ~left_leaf & right_leaf                                     # NT · T
+    pairs = live & left_leaf & right_leaf                                        # T · T
+    node_score = torch.where(both, rule(brow, a, lsym, rsym), terms.new_zeros(()))
+    node_score = torch.where(left_t, summed(left_t, rule(brow, a, t, rsym) + terms[brow, i]),
+                             node_score)
+    node_score = torch.where(right_t, summed(right_t, rule(brow, a, lsym, t)
+                                             + terms[brow, j - 1]), node_score)
+    K = min(Mx, n // 2)
+    expect(pairs.sum(1) <= K, "more than n // 2 two-word nodes in a tree: not a binary tree")
+    slot = torch.topk(pairs.int(), K, dim=1, sorted=False).indices                # (B, K)
+    sb, sa, si = brow[:, :K], a.gather(1, slot), i.gather(1, slot)
+    pair = (rule(sb, sa, t, t) + terms[sb, si][..., :, None]).add_(terms[sb, si + 1][..., None, :])
+    pair_score = terms.new_zeros(B, Mx).scatter(1, slot, summed(pairs.gather(1, slot), pair))
+    node_score = torch.where(pairs, pair_score, node_score)
 
     rows = torch.arange(B, device=device)
-    root_label = grid[rows, 0, lengths].clamp(min=0)
+    root_label = label(torch.zeros_like(lengths)[:, None], lengths[:, None])[:, 0].clamp(min=0)
     total = params.roots[rows, root_label] + node_score.sum(-1)
     return torch.where(lengths >= 2, total, torch.full_like(total, float("-inf")))

@@ -48,10 +48,13 @@ def bracketing_log_prob(structure: ForestStructure, words: torch.Tensor, roots: 
          else lin[0].permute(2, 0, 1).reshape(1, S, NT * S))
     emitted = emissions.permute(2, 0, 1)                            # (V, CE, T)
 
-    # nodes ordered by width (children are narrower), with one host sync for the counts
-    width = torch.where(present, structure.end - structure.start, structure.end.new_zeros(()))
-    order = torch.argsort(width.flatten(), stable=True)
-    counts = torch.bincount(width.flatten(), minlength=2).tolist()
+    # nodes ordered by width (children are narrower), with one host sync for the counts; a
+    # count over the fixed widths 0..n, not `bincount` (sized by the widest node: a wait more)
+    width = torch.where(present, structure.end - structure.start,
+                        structure.end.new_zeros(())).flatten()
+    order = torch.argsort(width, stable=True)
+    counts = torch.zeros(max(words.shape[1], 1) + 1, dtype=width.dtype, device=width.device
+                         ).index_add_(0, width, torch.ones_like(width)).tolist()
     node_b, node_m = order // M, order % M
     tiny = torch.finfo(dtype).tiny
     msgs = torch.zeros(B, M, C, NT, dtype=dtype, device=device)     # μ(P, A) per node

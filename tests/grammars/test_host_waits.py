@@ -6,8 +6,8 @@ without a wait (`engine/device_checks.expect`), so a real step (synthetic recipe
 every step, local search and the sleep phase on) converts device tensors only for `settle`'s
 one transfer and the bracketing DP's width counts; every other conversion reads a host copy
 (`tests/benchmarks/host_reads.py` counts them). Nor does it run an op sized by the data (a
-wait too) except the ones listed in DATA_WAITS, each a known one still to remove, so that a
-new one fails here. Also: `widest` equals num_roots.max() after every merge and split of
+wait too) on a device tensor except those in DATA_WAITS (none now), so that a new one fails
+here. Also: `widest` equals num_roots.max() after every merge and split of
 rollouts, walks back and local search (the bound the rollouts rely on).
 """
 from __future__ import annotations
@@ -40,11 +40,9 @@ HOST_READS = {("training/family.py", "inputs"), ("gflownet/sampler.py", "expand_
               ("models/generation.py", "sample"), ("models/generation.py", "_one_round"),
               ("models/generation.py", "_assemble"), ("data/batching.py", "make_batch")}
 # (file, function, op): the ops sized by the data that a step still runs on device tensors.
-# The complete trees' reward (`tree_score`: a `nonzero` and masked indexing per rule kind)
-# and the bracketing DP's `bincount` before its width counts are read (the same wait).
-DATA_WAITS = {("charts/tree_score.py", "tree_log_prob", "nonzero"),
-              ("charts/tree_score.py", "tree_log_prob", "index[bool]"),
-              ("models/bracketing_score.py", "bracketing_log_prob", "bincount")}
+# None left: the complete trees' reward (`tree_score`) and the bracketing DP's width counts
+# run in fixed shapes (issue 14).
+DATA_WAITS: set[tuple[str, str, str]] = set()
 # (file, function): where such ops run on host tensors (the dream, on the host generator)
 HOST_DATA_OPS = {("models/generation.py", "_one_round"), ("models/generation.py", "_assemble"),
                  ("models/generation.py", "<dictcomp>"), ("models/generation.py", "sample")}
