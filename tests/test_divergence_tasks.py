@@ -1,6 +1,7 @@
-"""The Sets and Sequences tasks of da Silva et al. (2024) in tests/benchmarks/divergence_tasks:
-and the Phylogenetics task: exact Z, target and sampler distributions against brute-force enumeration on tiny sizes, the
-Monte Carlo L1 against the exact one, one step of every objective, and the --quick study."""
+"""The Sets, Sequences and Phylogenetics tasks of da Silva et al. (2024) in
+tests/benchmarks/divergence_tasks: exact Z, target and sampler distributions against brute-force
+enumeration on tiny sizes (phylo with both policies), the Monte Carlo L1 against the exact one,
+the GIN policy's contract, one step of every objective, the study's options and --quick study."""
 from __future__ import annotations
 
 import csv
@@ -15,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
 
 from divergence_tasks import PhyloTask, SequencesTask, SetsTask  # noqa: E402
-from divergence_tasks.policy_nets import masked_log_softmax  # noqa: E402
+from divergence_tasks.policy_nets import GINPolicy, masked_log_softmax  # noqa: E402
 from gfnem_cli.engine.objectives import OBJECTIVES, build_objective  # noqa: E402
 
 
@@ -171,8 +172,9 @@ def brute_log_lik(task, tree) -> float:
     return total
 
 
-def test_phylo_exact_distributions_match_enumeration_of_trajectories():
-    task = PhyloTask(4, 3, seed=2)
+@pytest.mark.parametrize("policy", ["gin", "mlp"])
+def test_phylo_exact_distributions_match_enumeration_of_trajectories(policy):
+    task = PhyloTask(4, 3, seed=2, policy=policy)
     sampler = perturb(task.new_sampler(0), 0.5)
     feats, log_pt, log_r = task.exact(sampler)
     assert len(feats) == 15                                   # (2·4 − 3)!! rooted trees
@@ -187,7 +189,7 @@ def test_phylo_exact_distributions_match_enumeration_of_trajectories():
                 ok = False
                 break
             with torch.no_grad():
-                logits, _ = sampler(state["feats"])
+                logits, _ = sampler(state)
             log_pf += float(masked_log_softmax(logits, allowed)[0, a])
             i, j = task.pairs[a].tolist()
             nodes[i], nodes[j] = (nodes[i], nodes[j]), None
@@ -201,12 +203,50 @@ def test_phylo_exact_distributions_match_enumeration_of_trajectories():
         log_pb_sum[k] += math.exp(log_pb)
         assert float(log_r[k]) == pytest.approx(brute_log_lik(task, nodes[0]), abs=1e-9)
     assert torch.allclose(by_tree, log_pt.exp(), rtol=1e-5)
+    assert task.log_z_exact == pytest.approx(float(torch.logsumexp(log_r, 0)), abs=1e-9)
     assert torch.allclose(log_pb_sum, torch.ones(15, dtype=torch.float64))   # P_B sums to 1 per tree
     traj = task.sample(sampler, 20000, torch.Generator().manual_seed(3))
     ids = torch.tensor([key[tuple(r.nonzero().squeeze(1).tolist())] for r in traj.z])
     freq = torch.bincount(ids, minlength=15).double() / len(ids)
     assert float((freq - log_pt.exp()).abs().max()) < 0.015
     assert torch.allclose(traj.log_reward.double(), log_r[ids], atol=1e-4)
+
+
+def test_gin_policy_shapes_masks_and_normalises():
+    task = PhyloTask(5, 6, seed=1)
+    sampler = perturb(task.new_sampler(0), 0.3)
+    assert isinstance(sampler, GINPolicy)
+    state = task._initial(3)
+    state = task._join(state, torch.tensor([0, 4, 9]))          # (0,1), (1,2), (3,4)
+    logits, flow = sampler(state)
+    assert logits.shape == (3, 10) and flow.shape == (3,)
+    allowed = task._allowed(state["clade"])
+    log_p = masked_log_softmax(logits, allowed)
+    assert bool(torch.isneginf(log_p[~allowed]).all()) and bool(torch.isfinite(log_p[allowed]).all())
+    assert torch.allclose(log_p.exp().sum(1), torch.ones(3))
+    traj = task.sample(sampler, 500, torch.Generator().manual_seed(0))
+    assert traj.log_pf_steps.shape == (500, 4) and bool(torch.isfinite(traj.log_pf_steps).all())
+    assert bool((traj.log_pf_steps <= 0).all()) and traj.log_flows.shape == (500, 5)
+
+
+def test_gin_policy_is_blind_to_the_order_of_joins():
+    """Two join orders reaching one forest get one policy and one flow (the exact p_T needs it)."""
+    task = PhyloTask(5, 6, seed=1)
+    sampler = perturb(task.new_sampler(0), 0.3)
+    a = task._join(task._join(task._initial(1), torch.tensor([0])), torch.tensor([9]))
+    b = task._join(task._join(task._initial(1), torch.tensor([9])), torch.tensor([0]))
+    assert not torch.equal(a["root"], b["root"])                 # the nodes are numbered apart
+    with torch.no_grad():
+        (la, fa), (lb, fb) = sampler(a), sampler(b)
+    assert torch.allclose(la, lb, atol=1e-5) and torch.allclose(fa, fb, atol=1e-5)
+
+
+def test_gin_short_training_decreases_l1():
+    import objectives_study
+    task = PhyloTask(5, 10, seed=0)
+    curve = objectives_study.train(task, "reverse_kl", 0, steps=40, eval_every=40,
+                                   num_per_input=32, lr=1e-2, lr_flows=1e-1)
+    assert curve[-1][1] < curve[0][1] - 0.2, curve
 
 
 # ---------------------------------------------------------------------------------- objectives
@@ -242,3 +282,37 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert " seed 0: L1" not in capsys.readouterr().err
     with open(tmp_path / "objectives_sets-small.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == len(rows)
+
+
+def test_study_options_reach_the_task_the_resume_key_and_the_table(tmp_path):
+    import json
+    import objectives_study
+    objectives_study.main(["--target", "phylo", "--objectives", "tb", "--seeds", "1", "--steps", "2",
+                           "--eval-every", "2", "--log-z-init", "exact", "--policy", "mlp",
+                           "--out", str(tmp_path)])
+    settings = json.loads((tmp_path / "objectives_phylo.json").read_text())
+    assert settings["log_z_init"] == "exact" and settings["policy"] == "mlp"
+    table = (tmp_path / "objectives_phylo.md").read_text()
+    assert "policy mlp, log Z init exact" in table and "posterior entropy" in table
+    for argv in (["--target", "sets", "--policy", "gin"], ["--target", "paper", "--reward-scale", "2"]):
+        with pytest.raises(SystemExit):
+            objectives_study.main(argv + ["--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("task", [SetsTask(5, 2), SequencesTask(3, 2), PhyloTask(4, 3)],
+                         ids=["sets", "sequences", "phylo"])
+def test_log_z_init_exact_starts_at_the_exact_log_z(task):
+    from divergence_tasks.options import init_log_z
+    sampler = task.new_sampler(0)
+    init_log_z(sampler, task, "zero")
+    assert float(sampler.log_z.detach()) == 0.0
+    init_log_z(sampler, task, "exact")
+    assert float(sampler.log_z.detach()) == pytest.approx(task.log_z_exact, rel=1e-6)
+
+
+def test_sequences_reward_scale_scales_f_and_keeps_z_exact():
+    base, scaled = SequencesTask(3, 3, seed=4), SequencesTask(3, 3, seed=4, reward_scale=3.0)
+    assert torch.allclose(scaled.f, 3 * base.f) and torch.equal(scaled.g, base.g)
+    log_r = scaled.log_reward(scaled.all_sequences())
+    assert scaled.log_z_exact == pytest.approx(float(torch.logsumexp(log_r, 0)), abs=1e-10)
+    assert "entropy" in scaled.describe()

@@ -18,12 +18,16 @@ A target is anything following the `Target` protocol below. Two kinds are regist
   `partial_log_joint`. Both distributions are exact: the posterior by enumerating all
   224 labeled binary trees, the sampler's by enumerating all 384 trajectories per sentence.
 - `sets`, `sets-small`, `sequences`, `phylo`: the discrete tasks of da Silva et al. (NeurIPS
-  2024, Table 1), in divergence_tasks/ (2×64 LeakyReLU MLP, batch 128 (phylo 64), Adam 1e-3 /
-  log Z 1e-1, both annealed linearly to 0; `sets` has D = 32, N = 16 and a Monte Carlo L1,
+  2024, Table 1), in divergence_tasks/ (2×64 LeakyReLU MLP, phylo a 2-layer GIN; batch 128
+  (phylo 64), Adam 1e-3 / log Z 1e-1, both annealed linearly to 0; `sets` has D = 32, N = 16 and a Monte Carlo L1,
   `sets-small` D = 12, N = 6 and an exact one; `sequences` and `phylo` exact L1). The table
-  then carries the paper's Table 1 column.
+  then carries the paper's Table 1 column. Task options: `--policy gin|mlp` (phylo; default
+  gin, the paper's), `--reward-scale S` (sequences: log r times S, a peakier target),
+  `--task-seed K` (the task's data draw, default 0). `--log-z-init exact` starts log Z at the
+  target's exact value instead of 0 (what TB's learned log Z costs on these tasks).
 
     python tests/benchmarks/objectives_study.py --target sets --steps 512 --seeds 3
+    python tests/benchmarks/objectives_study.py --target phylo --objectives tb --log-z-init exact
 
 `--target all` runs `multiset` and `tree`, `paper` runs `sets` and `sequences`, and the
 default `bench` (what `make bench` runs) runs `multiset`, `sets` and `sequences`. Each target brings its own
@@ -55,7 +59,7 @@ import torch  # noqa: E402
 
 from gfnem_cli.engine.objectives import OBJECTIVES, build_objective  # noqa: E402
 from gfnem_cli.engine.trajectories import Trajectories  # noqa: E402
-from divergence_tasks import PAPER_TABLE1, TASKS  # noqa: E402
+from divergence_tasks import PAPER_TABLE1, TASKS, options  # noqa: E402
 
 
 class Target(Protocol):
@@ -205,12 +209,13 @@ def l1_distance(target: Target, sampler) -> float:
 
 
 def train(target: Target, objective_name: str, seed: int, steps: int, eval_every: int,
-          num_per_input: int, lr: float, lr_flows: float,
-          anneal: bool = False) -> list[tuple[int, float]]:
+          num_per_input: int, lr: float, lr_flows: float, anneal: bool = False,
+          log_z_init: str = "zero") -> list[tuple[int, float]]:
     """One (objective, seed) cell: L1 every eval_every steps. With `anneal`, both learning
     rates decay linearly to 0 over `steps` (the paper's polynomial annealing, power 1)."""
     torch.manual_seed(seed)
     sampler = target.new_sampler(seed)
+    options.init_log_z(sampler, target, log_z_init)
     if hasattr(sampler, "parameter_groups"):
         policy, flows = sampler.parameter_groups()
     else:
@@ -260,12 +265,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="log Z / flow learning rate; default: the target's (multiset 0.2)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="L1 threshold for steps-to-threshold; default: the target's (0.1)")
+    options.add_arguments(parser)
     args = parser.parse_args(argv)
+    keys = ALIASES.get(args.target, [args.target])
+    options.check(parser, args, keys)
     args.quick = args.quick or os.environ.get("GFNEM_BENCH_QUICK") == "1"
     torch.set_num_threads(1)   # tiny tensors: threads only add overhead on shared cores
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for key in ALIASES.get(args.target, [args.target]):
+    for key in keys:
         run_target(key, args)
 
 
@@ -278,7 +286,8 @@ def settings_of(key: str, target, args) -> dict:
             "eval_every": pick(args.eval_every, "eval_every", 10),
             "samples_per_input": pick(args.samples_per_input, "samples_per_input", 16),
             "lr": pick(args.lr, "lr", 0.05), "lr_flows": pick(args.lr_flows, "lr_flows", 0.2),
-            "anneal": bool(getattr(target, "anneal", False))}
+            "anneal": bool(getattr(target, "anneal", False)),
+            **options.settings(key, target, args)}
 
 
 def load_finished(csv_path: Path, json_path: Path, settings: dict) -> dict:
@@ -304,7 +313,7 @@ def load_finished(csv_path: Path, json_path: Path, settings: dict) -> dict:
 
 def run_target(key: str, args) -> None:
     started = time.time()
-    target = TARGETS[key]()
+    target = TARGETS[key](**options.for_target(key, args))
     cfg = settings_of(key, target, args)
     seeds = args.seeds or (2 if args.quick else 3)
     threshold = args.threshold if args.threshold is not None else getattr(target, "threshold", 0.1)
@@ -318,7 +327,8 @@ def run_target(key: str, args) -> None:
             else:
                 cell_start = time.time()
                 curve = train(target, name, seed, cfg["steps"], cfg["eval_every"],
-                              cfg["samples_per_input"], cfg["lr"], cfg["lr_flows"], cfg["anneal"])
+                              cfg["samples_per_input"], cfg["lr"], cfg["lr_flows"], cfg["anneal"],
+                              cfg["log_z_init"])
                 with open(csv_path, "a", newline="") as handle:      # incremental: one cell
                     csv.writer(handle).writerows((name, seed, t, f"{v:.6f}") for t, v in curve)
                 print(f"[{key}] {name} seed {seed}: L1 {curve[-1][1]:.4f} "
@@ -340,7 +350,8 @@ def report(key: str, target, cfg: dict, seeds: int, curves, threshold: float) ->
     lines = [f"Target `{key}` ({target.name}), {seeds} seeds, {cfg['steps']} steps, "
              f"{cfg['samples_per_input']} trajectories per input, Adam lr {cfg['lr']} "
              f"(log Z / flows {cfg['lr_flows']}){', annealed linearly to 0' if cfg['anneal'] else ''}; "
-             f"L1 at step 0: {initial:.4f}.", ""]
+             f"L1 at step 0: {initial:.4f}." + options.header(key, cfg)
+             + (f" {target.describe()}." if hasattr(target, "describe") else ""), ""]
     head = f"| objective | final L1 (mean ± sd) | steps to L1 < {threshold} (median; reached) |"
     lines += [head + (" da Silva et al. Table 1 |" if paper else ""),
               "|---|---|---|" + ("---|" if paper else "")]

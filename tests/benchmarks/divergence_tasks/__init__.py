@@ -10,12 +10,18 @@ from divergence_tasks.phylo import PhyloTask
 from divergence_tasks.sequences import SequencesTask
 from divergence_tasks.sets import SetsTask
 
-TASKS = {
-    "sets": lambda: SetsTask(32, 16, name="sets"),                  # the paper's size, MC L1
-    "sets-small": lambda: SetsTask(12, 6, name="sets-small"),       # 924 sets, exact L1
-    "sequences": lambda: SequencesTask(8, 6, name="sequences"),     # 299 592 sequences, exact
-    "phylo": lambda: PhyloTask(7, 25, name="phylo"),                # 10 395 trees, exact
+TASKS = {   # each takes the task options below as keywords
+    "sets": lambda **kw: SetsTask(32, 16, name="sets", **kw),              # the paper's size, MC L1
+    "sets-small": lambda **kw: SetsTask(12, 6, name="sets-small", **kw),   # 924 sets, exact L1
+    "sequences": lambda **kw: SequencesTask(8, 6, name="sequences", **kw),  # 299 592 sequences
+    "phylo": lambda **kw: PhyloTask(7, 25, name="phylo", **kw),            # 10 395 trees, exact
 }
+
+#: The options each task takes (objectives_study.py flags of the same names): `seed` draws the
+#: task's data (f; f and g; the tree and sequences), `reward_scale` multiplies the Sequences
+#: log-reward, `policy` picks the Phylogenetics network.
+TASK_OPTIONS = {"sets": ("seed",), "sets-small": ("seed",), "sequences": ("seed", "reward_scale"),
+                "phylo": ("seed", "policy")}
 
 #: da Silva et al. (2024), Table 1: final L1 (mean, sd) over 3 seeds, α = 0.5 (copied from
 #: issue 18). "sets-small" has no paper value.
@@ -28,4 +34,4 @@ PAPER_TABLE1 = {
               "renyi": (0.22, 0.03), "tsallis": (0.21, 0.04)},
 }
 
-__all__ = ["SetsTask", "SequencesTask", "PhyloTask", "TASKS", "PAPER_TABLE1"]
+__all__ = ["SetsTask", "SequencesTask", "PhyloTask", "TASKS", "TASK_OPTIONS", "PAPER_TABLE1"]

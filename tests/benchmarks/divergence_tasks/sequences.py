@@ -9,10 +9,13 @@ objects (299 592 for D = 8, N = 6).
 
 Reward: log r(x) = Σ_i g(i) f(x_i) with f(d) ~ N(0, 1) (d < D) then g(i) ~ Uniform(0, 1)
 (i < N), drawn in that order from torch.Generator().manual_seed(seed) (seed 0 by default): the
-paper does not give f, g, so this is our choice. Z factorises over lengths and positions:
+paper does not give f, g, so this is our choice. `reward_scale` s multiplies log r (f ~ N(0, s²),
+same draws): a larger s makes a peakier, harder target (`describe` measures how peaked). Z factorises over lengths and positions:
 Z = Σ_{n=1}^{N} Π_{i<n} Σ_d e^{g(i) f(d)}.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,11 +29,12 @@ class SequencesTask:
     lr, lr_flows, anneal = 1e-3, 1e-1, True        # the paper's Adam settings (App. E)
     samples_per_input, eval_every, threshold = 128, 16, 0.1
 
-    def __init__(self, vocab: int = 8, max_len: int = 6, seed: int = 0, name: str | None = None):
+    def __init__(self, vocab: int = 8, max_len: int = 6, seed: int = 0, name: str | None = None,
+                 reward_scale: float = 1.0):
         self.D, self.N, self.end = vocab, max_len, vocab
         self.name = name or f"sequences(D={vocab},N={max_len})"
         g = torch.Generator().manual_seed(seed)
-        self.f = torch.randn(vocab, generator=g, dtype=torch.float64)
+        self.f = torch.randn(vocab, generator=g, dtype=torch.float64) * reward_scale
         self.g = torch.rand(max_len, generator=g, dtype=torch.float64)
         per_position = torch.logsumexp(self.g[:, None] * self.f[None, :], dim=1)   # (N,)
         self.log_z_exact = float(torch.logsumexp(per_position.cumsum(0), dim=0))
@@ -129,3 +133,12 @@ class SequencesTask:
     def l1(self, sampler: MLPPolicy) -> float:
         """Σ_x |P_F(x) − r(x)/Z| over all Σ_n D^n sequences, both terms exact."""
         return float((self.exact_log_pt(sampler).exp() - self.exact_target()).abs().sum())
+
+    def describe(self) -> str:
+        """How peaked the target is: its entropy against the uniform one's, its top sequences' mass."""
+        target = self.exact_target().sort(descending=True).values
+        entropy = float(-(target * target.log()).sum())
+        cover = int((target.cumsum(0) < 0.5).sum()) + 1
+        return (f"target entropy {entropy:.2f} nats (uniform: {math.log(len(target)):.2f}); top "
+                f"100 hold {float(target[:100].sum()):.3f}; {cover} of {len(target)} hold 50%; "
+                f"range of f {float(self.f.min()):.2f}..{float(self.f.max()):.2f}")
