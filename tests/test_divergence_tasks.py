@@ -294,9 +294,12 @@ def test_study_options_reach_the_task_the_resume_key_and_the_table(tmp_path):
     assert settings["log_z_init"] == "exact" and settings["policy"] == "mlp"
     table = (tmp_path / "objectives_phylo.md").read_text()
     assert "policy mlp, log Z init exact" in table and "posterior entropy" in table
-    for argv in (["--target", "sets", "--policy", "gin"], ["--target", "paper", "--reward-scale", "2"]):
-        with pytest.raises(SystemExit):
-            objectives_study.main(argv + ["--out", str(tmp_path)])
+    refused = tmp_path / "refused"
+    for argv in (["--target", "sets", "--policy", "gin"], ["--target", "paper", "--reward-scale", "2"],
+                 *(["--target", "sequences", "--reward-scale", v] for v in ("nan", "0", "-1", "inf"))):
+        with pytest.raises(SystemExit) as caught:
+            objectives_study.main(argv + ["--out", str(refused)])
+        assert caught.value.code == 2 and not refused.exists()
 
 
 @pytest.mark.parametrize("task", [SetsTask(5, 2), SequencesTask(3, 2), PhyloTask(4, 3)],

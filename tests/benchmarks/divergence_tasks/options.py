@@ -3,6 +3,7 @@ resume key, and where log Z starts (`--log-z-init exact` isolates what TB's lear
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
@@ -14,10 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start log Z at 0 (default) or at the target's exact log Z")
     parser.add_argument("--policy", choices=["gin", "mlp"], default=None,
                         help="phylo's policy network; default gin (the paper's)")
-    parser.add_argument("--reward-scale", type=float, default=None,
+    parser.add_argument("--reward-scale", type=_positive, default=None,
                         help="sequences: multiply log r by this (default 1; larger is peakier)")
     parser.add_argument("--task-seed", dest="task_seed", type=int, default=None,
                         help="seed of the paper tasks' data draw (default 0)")
+
+
+def _positive(text: str) -> float:
+    """A finite number > 0 (0 would flatten the target, NaN break the sampler)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number > 0")
+    return value
 
 
 def given(args) -> dict:
