@@ -296,7 +296,8 @@ def test_study_options_reach_the_task_the_resume_key_and_the_table(tmp_path):
     assert "policy mlp, log Z init exact" in table and "posterior entropy" in table
     refused = tmp_path / "refused"
     for argv in (["--target", "sets", "--policy", "gin"], ["--target", "paper", "--reward-scale", "2"],
-                 *(["--target", "sequences", "--reward-scale", v] for v in ("nan", "0", "-1", "inf"))):
+                 *(["--target", "sequences", "--reward-scale", v] for v in ("nan", "0", "-1", "inf")),
+                 ["--target", "tree", "--log-z-init", "exact"]):
         with pytest.raises(SystemExit) as caught:
             objectives_study.main(argv + ["--out", str(refused)])
         assert caught.value.code == 2 and not refused.exists()
@@ -319,3 +320,17 @@ def test_sequences_reward_scale_scales_f_and_keeps_z_exact():
     log_r = scaled.log_reward(scaled.all_sequences())
     assert scaled.log_z_exact == pytest.approx(float(torch.logsumexp(log_r, 0)), abs=1e-10)
     assert "entropy" in scaled.describe()
+
+
+def test_a_default_given_explicitly_keys_the_same_run_as_one_left_out():
+    import argparse
+    from divergence_tasks import options
+    parser = argparse.ArgumentParser()
+    options.add_arguments(parser)
+    task = SequencesTask(3, 2)
+    left_out = options.settings("sequences", task, parser.parse_args([]))
+    given = options.settings("sequences", task, parser.parse_args(
+        ["--task-seed", "0", "--reward-scale", "1", "--log-z-init", "zero"]))
+    assert left_out == given == {}
+    other = options.settings("sequences", task, parser.parse_args(["--reward-scale", "2"]))
+    assert other == {"reward_scale": 2.0}

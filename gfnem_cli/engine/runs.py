@@ -230,6 +230,14 @@ def launch(trainer, state: RunDirState, resume: bool, saved: dict | None, files:
     write the run's files, restore the checkpoint or seed every generator, and train.
     `describe` are the family's lines of the run's header (its data: `run_header.py`);
     `networks` the modules `train.precision` applies to (`precision.py`)."""
+    train = config["train"]
+    if train.get("deterministic") and train.get("row_noise") and device.type == "cuda":
+        # row_noise.inverse_cdf takes a float cumsum, which torch refuses in deterministic
+        # mode on CUDA: refused here, before anything is written, not at the first step
+        raise GfnemError("train.row_noise draws through a float cumsum, for which torch has "
+                         "no deterministic CUDA kernel, so it cannot run with "
+                         "train.deterministic: true on a GPU",
+                         hint="set train.deterministic: false, or train.row_noise: false")
     resumed = resume and state.has_checkpoint
     checkpoint = trainer.load_checkpoint() if resumed else None
     if checkpoint is not None:

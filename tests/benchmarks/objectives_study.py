@@ -328,7 +328,7 @@ def run_target(key: str, args) -> None:
                 cell_start = time.time()
                 curve = train(target, name, seed, cfg["steps"], cfg["eval_every"],
                               cfg["samples_per_input"], cfg["lr"], cfg["lr_flows"], cfg["anneal"],
-                              cfg["log_z_init"])
+                              cfg.get("log_z_init", "zero"))
                 with open(csv_path, "a", newline="") as handle:      # incremental: one cell
                     csv.writer(handle).writerows((name, seed, t, f"{v:.6f}") for t, v in curve)
                 print(f"[{key}] {name} seed {seed}: L1 {curve[-1][1]:.4f} "

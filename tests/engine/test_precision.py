@@ -125,3 +125,20 @@ def test_compiled_networks_give_the_same_log_probs():
     torch.manual_seed(1)
     b = compiled.sample(ids, lengths, num_per_input=2)
     torch.testing.assert_close(a.log_pf, b.log_pf, rtol=1e-4, atol=1e-5)
+
+
+def test_row_noise_with_deterministic_kernels_on_cuda_is_refused_first():
+    """torch has no deterministic CUDA cumsum in float, which row noise's inverse CDF takes:
+    `launch` refuses the pair before it reads the run or the trainer, so before any write (no
+    GPU needed: the check reads the device's type)."""
+    from gfnem_cli.engine.errors import GfnemError
+    from gfnem_cli.engine.runs import launch
+
+    config = {"train": {"deterministic": True, "row_noise": True}}
+    with pytest.raises(GfnemError) as caught:
+        launch(None, None, False, None, {}, config, torch.device("cuda"), 0, None)
+    assert "deterministic" in caught.value.message
+    for train in ({"deterministic": True, "row_noise": False},
+                  {"deterministic": False, "row_noise": True}):
+        with pytest.raises(AttributeError):    # past the check: the (absent) trainer is read
+            launch(None, None, False, None, {}, {"train": train}, torch.device("cuda"), 0, None)

@@ -44,6 +44,9 @@ def check(parser: argparse.ArgumentParser, args, keys: list[str]) -> None:
             takers = sorted(k for k in TASK_OPTIONS if option in TASK_OPTIONS[k])
             parser.error(f"--{option.replace('_', '-').replace('seed', 'task-seed')} applies to "
                          f"{', '.join(takers)} only")
+    if args.log_z_init == "exact" and any(k not in TASK_OPTIONS for k in keys):
+        parser.error(f"--log-z-init exact applies to {', '.join(sorted(TASK_OPTIONS))} only "
+                     "(the targets whose exact log Z the study knows)")
 
 
 def for_target(key: str, args) -> dict:
@@ -52,9 +55,16 @@ def for_target(key: str, args) -> dict:
     return {k: values[k] for k in TASK_OPTIONS.get(key, ()) if values[k] is not None}
 
 
+#: the tasks' defaults: a default given explicitly is the same run as one left out
+DEFAULTS = {"seed": 0, "reward_scale": 1.0}
+
+
 def settings(key: str, target, args) -> dict:
-    """The options' part of a run's resume key: log Z's start, the options given, the policy."""
-    return {"log_z_init": args.log_z_init, **for_target(key, args),
+    """The options' part of a run's resume key: log Z's start and the task options where they
+    are not the defaults (so a CSV written before these options existed still resumes), and
+    the policy."""
+    chosen = {k: v for k, v in for_target(key, args).items() if v != DEFAULTS.get(k)}
+    return {**({"log_z_init": args.log_z_init} if args.log_z_init != "zero" else {}), **chosen,
             **({"policy": target.policy} if hasattr(target, "policy") else {})}
 
 
