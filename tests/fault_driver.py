@@ -327,6 +327,9 @@ def _child(job: dict) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.chdir(job.get("cwd") or REPO)
+    # Ctrl-C as a terminal delivers it: a test runner started as a background job inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1
     try:
         faults = job.get("fault") or []
