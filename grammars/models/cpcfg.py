@@ -181,6 +181,7 @@ class CompoundPCFG(nn.Module):
         return SamplingTables(roots=roots, rules=rules.reshape(count, 1, -1, S * S),
                               emissions=emissions[:, None], parent_conditioned=False)
 
-    def sample(self, num: int, max_length: int, generator: torch.Generator | None = None):
+    def sample(self, num: int, max_length: int, generator: torch.Generator | None = None,
+               noise=None):
         """Top-down samples (x, z_tree) with z from the prior; see `generation.sample`."""
-        return sample(self, num, max_length, generator)
+        return sample(self, num, max_length, generator, noise=noise)

@@ -94,6 +94,7 @@ class NeuralNCFG(SharedGrammarForestScores, nn.Module):
         return SamplingTables(roots=roots[None], rules=rules.reshape(1, NT + 1, NT, S * S),
                               emissions=emissions[None], parent_conditioned=True)
 
-    def sample(self, num: int, max_length: int, generator: torch.Generator | None = None):
+    def sample(self, num: int, max_length: int, generator: torch.Generator | None = None,
+               noise=None):
         """Top-down samples (x, z); see `grammars.models.generation.sample`."""
-        return sample(self, num, max_length, generator)
+        return sample(self, num, max_length, generator, noise=noise)

@@ -96,6 +96,7 @@ class NeuralPCFG(SharedGrammarForestScores, nn.Module):
         return SamplingTables(roots=roots[None], rules=rules.reshape(1, 1, -1, S * S),
                               emissions=emissions[None, None], parent_conditioned=False)
 
-    def sample(self, num: int, max_length: int, generator: torch.Generator | None = None):
+    def sample(self, num: int, max_length: int, generator: torch.Generator | None = None,
+               noise=None):
         """Top-down samples (x, z); see `grammars.models.generation.sample`."""
-        return sample(self, num, max_length, generator)
+        return sample(self, num, max_length, generator, noise=noise)

@@ -20,7 +20,6 @@ from gfnem_cli.engine import Exploration, Refined, row_noise
 from grammars.data.batching import make_batch
 from grammars.evaluation.likelihood import tokens_in
 from grammars.gflownet import local_search
-from grammars.models.generation import sample as generate
 from grammars.training.mcem import frozen_tables
 
 
@@ -94,8 +93,8 @@ class GrammarFamily:
         top-down generation with rejection of long sentences is ragged, host-driven work, so
         on a GPU the only wait is the copy of the grammar's tables."""
         noise = row_noise.for_rows(count, 1, "cpu")     # dream i: the step's row i
-        id_lists, trees, _ = generate(self.model, count, self.dream_max_length,
-                                      generator=torch.default_generator, noise=noise)
+        id_lists, trees, _ = self.model.sample(count, self.dream_max_length,
+                                               generator=torch.default_generator, noise=noise)
         host_lengths = trees.lengths
         ids = make_batch(id_lists, list(range(count))).ids.to(self.device)  # one transfer
         trees.spans, trees.labels = trees.spans.to(self.device), trees.labels.to(self.device)
