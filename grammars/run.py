@@ -18,6 +18,7 @@ import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
 from gfnem_cli.engine.errors import GfnemError
+from gfnem_cli.engine.objectives.from_recipe import lr_schedule_from_config
 from gfnem_cli.engine.runs import (BEST, begin, check_checkpoint_config, checkpoint_path,
                                    launch, resolve_device)
 from gfnem_cli.engine.runs import saved_config as _saved_config
@@ -86,8 +87,9 @@ def _build_method(config: dict, model, corpus, device, inside):
             raise GfnemError("method 'marginal' needs a context-free grammar; the "
                              "non-context-free grammar has no inside algorithm",
                              hint="use method: gfnem or method: mcem")
-        return ExactMarginalMethod(model, inside, valid_batches, device, train["lr"],
-                                   train["betas"], train["grad_clip"], f1), f1, len(valid)
+        return ExactMarginalMethod(model, inside, valid_batches, device,
+                                   lr_schedule_from_config(config), train["betas"],
+                                   train["grad_clip"], f1), f1, len(valid)
     return build_em_method(config, model, valid_batches, device, inside, f1), f1, len(valid)
 
 

@@ -9,7 +9,7 @@
     behaviour.py    choose: the tempered, ε-uniform behaviour policy every sampler draws from
     estep.py        GFlowNetEStep (a trained sampler), PosteriorEStep (a fixed procedure)
     em.py           EMOptions, EMLoop: the EM loop of GFlowNet-EM
-    schedules.py    the M-step threshold τ(g) and the E-loss moving average
+    schedules.py    the M-step threshold τ(g), the E-loss moving average, the model's lr(g)
     trainer.py      the training loop: progress, metrics, checkpoints, resume, signals
     optimizer_step.py  the checked optimizer step (checked_step; clip_norm, settle: one wait)
     distributed.py  data parallelism under torchrun: shards, gradient sums, agreed decisions
@@ -48,7 +48,7 @@ _EXPORTS = {
     "behaviour": ("choose",),
     "estep": ("GFlowNetEStep", "PosteriorEStep"),
     "em": ("EMOptions", "EMLoop"),
-    "schedules": ("ThresholdSchedule", "MovingAverage"),
+    "schedules": ("ThresholdSchedule", "MovingAverage", "LearningRateSchedule"),
     "trainer": ("Trainer", "TrainerOptions", "TrainingInterrupted", "VALIDATION_NOTES"),
     "optimizer_step": ("NonFiniteLoss", "checked_step", "clip_norm", "settle", "clear_grads"),
     "importance": ("ImportanceEstimate", "standard_error"),
@@ -57,7 +57,8 @@ _EXPORTS = {
     "objectives.from_recipe": ("DIVERGENCES", "objective_from_config", "exploration_from_config",
                                "train_section", "objective_section", "em_section",
                                "exploration_section", "extend", "em_options_from_config",
-                               "model_optimizer_from_config", "shared_conflicts"),
+                               "model_optimizer_from_config", "lr_schedule_from_config",
+                               "shared_conflicts"),
     "runs": ("BEST", "LAST", "RESUMABLE_CHANGES", "check_checkpoint_config",
              "check_resume_config", "check_start", "checkpoint_path", "inspect_run_dir",
              "resolve_device", "run_info", "saved_config", "write_run_files",

@@ -41,7 +41,7 @@ import torch
 
 from gfnem_cli.engine import distributed
 from gfnem_cli.engine.family import CountsUnits, Draw, LatentFamily, RaoBlackwellizedMStep
-from gfnem_cli.engine.schedules import MovingAverage, ThresholdSchedule
+from gfnem_cli.engine.schedules import LearningRateSchedule, MovingAverage, ThresholdSchedule
 from gfnem_cli.engine.optimizer_step import clear_grads, clip_norm, settle
 
 @dataclass
@@ -55,6 +55,7 @@ class EMOptions:
     importance_weighted: bool = False
     model_grad_clip: float = 3.0
     alternate_every: int = 0
+    lr_schedule: LearningRateSchedule | None = None   # θ's lr by update count; None = Adam's own
 
     def phase(self, step: int) -> str | None:
         """"m" or "e" when the steps alternate in phases, else None (the gate decides)."""
@@ -163,6 +164,9 @@ class EMLoop:
         if do_e:
             estep.optimizer.step()
         if do_m:
+            if opts.lr_schedule is not None:
+                metrics["model_lr"] = opts.lr_schedule.apply(self.model_optimizer,
+                                                             self.model_updates)
             self.model_optimizer.step()
             self.model_updates += 1
         if do_e:

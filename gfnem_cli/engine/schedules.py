@@ -1,4 +1,5 @@
-"""Schedules of the EM loop: the adaptive M-step threshold and the E-loss moving average.
+"""Schedules of the EM loop: the adaptive M-step threshold, the E-loss moving average and
+the model's learning rate.
 
 GFlowNet-EM (Hu et al., ICML 2023, §3.3 "adaptive E-step") updates the latent model θ only
 when the sampler tracks the current posterior well enough: an exponential moving average of
@@ -7,6 +8,9 @@ grammar (M-step) updates made so far. A loose threshold early lets θ move while
 is still rough; a tight one later keeps the M-step honest. τ is on the *scale of the E-step
 objective* (for trajectory balance: a mean squared log-ratio, in nats²), so thresholds do not
 carry over between objectives.
+
+The model's learning rate is a function of the same count g (`LearningRateSchedule`), so a
+resumed run continues the schedule from its checkpointed update count with no state of its own.
 """
 from __future__ import annotations
 
@@ -58,3 +62,37 @@ class MovingAverage:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.value = state["decay"], state["value"]
+
+
+LR_DECAYS = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class LearningRateSchedule:
+    """lr(g) = base · w(g) · d(g): linear warm-up w over the first `warmup` model updates, then
+    a decay d from 1 to `final` (a fraction of base) over the rest of `horizon` updates.
+
+    "constant" is d = 1 (the warm-up still applies); "linear" and "cosine" (Loshchilov &
+    Hutter 2017, without restarts) reach base · final at g = horizon and stay there."""
+    base: float
+    decay: str = "constant"
+    warmup: int = 0
+    horizon: int = 0
+    final: float = 0.0
+
+    def __call__(self, updates: int) -> float:
+        g = max(int(updates), 0)
+        scale = min((g + 1) / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        span = self.horizon - self.warmup
+        if self.decay != "constant" and span > 0:
+            frac = min(max(g - self.warmup, 0) / span, 1.0)
+            shape = (1.0 - frac) if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+            scale *= self.final + (1.0 - self.final) * shape
+        return self.base * scale
+
+    def apply(self, optimizer, updates: int) -> float:
+        """Set every parameter group of `optimizer` to lr(updates), the rate of the next step."""
+        lr = self(updates)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr

@@ -41,6 +41,8 @@ LEVERS = {   # shorthand -> how one value becomes --set arguments
     "steps": lambda v: [f"train.steps={v}"],
     "curriculum": lambda v: [f"train.curriculum_start={v}"],
     "dim": lambda v: [f"model.symbol_dim={v}"],
+    "decay": lambda v: [f"train.lr_decay={v}"],      # constant | linear | cosine
+    "warmup": lambda v: [f"train.lr_warmup={v}"],    # model updates of linear warm-up
 }
 FIELDS = ["config", "seed", "cpu_s", "steps", "sentence_f1", "corpus_f1", "nll_per_token",
           "true_nll_per_token", "nll_gap_pct", "best_val_nll_per_token"]
@@ -164,6 +166,8 @@ def main() -> None:
                         help="a prepared synthetic corpus (default: the embedded one, made here)")
     parser.add_argument("--grid", action="append", default=[], help="name=v1,v2 (repeatable)")
     parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST .. FIRST+SEEDS-1 (two processes can split the seeds)")
     parser.add_argument("--steps", type=int, default=1500)
     args = parser.parse_args()
     if os.environ.get("GFNEM_BENCH_QUICK") == "1":      # run_all.py --quick
@@ -176,7 +180,7 @@ def main() -> None:
     csv_path = args.out / "recovery.csv"
     done = {(r["config"], int(r["seed"])) for r in read_rows(csv_path)}
     for config in parse_grid(args.grid):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             if (label(config), seed) in done:
                 continue
             started = time.time()

@@ -3,6 +3,7 @@ and the trained run's parse / sample / evaluate."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -53,6 +54,38 @@ def test_resume_continues_exactly(corpus, tmp_path):
     steps = [json.loads(l)["step"] for l in (split / "metrics.jsonl").read_text().splitlines()
              if json.loads(l)["kind"] == "train"]
     assert steps == list(range(1, 9)), "metrics.jsonl must hold each step once after a resume"
+
+
+def test_a_decaying_learning_rate_resumes_where_it_stopped(corpus, tmp_path):
+    """train.lr_decay is a function of the update count, so a resumed run takes the same
+    rates (and so the same parameters) as one that was never stopped. The horizon is explicit:
+    by default it is train.steps, which the resume changes."""
+    decay = ["--set", "train.lr_decay=cosine", "--set", "train.lr_warmup=2",
+             "--set", "train.lr_final=0.1", "--set", "train.lr_horizon=8"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train(straight, corpus, 8, *decay).exit_code == 0
+    assert train(split, corpus, 4, *decay).exit_code == 0
+    result = train(split, corpus, 8, "--resume", *decay)
+    assert result.exit_code == 0, result.output
+    a, b = final_model(straight), final_model(split)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    rates = [json.loads(l)["lr"] for l in (split / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["kind"] == "train"]
+    base = 2e-3                                      # recipes/synthetic-npcfg.yaml's train.lr
+    expected = [base * 0.5, base] + [base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 6)))
+                                     for k in range(0, 6)]
+    assert rates == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.lr_decay=exponential", "train.lr_decay"), ("train.lr_final=1.5", "train.lr_final"),
+    ("train.lr_warmup=-1", "train.lr_warmup")])
+def test_a_bad_learning_rate_schedule_is_refused_before_any_write(corpus, tmp_path, setting,
+                                                                   message):
+    result = train(tmp_path / "r", corpus, 2, "--set", setting)
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "r").exists()
 
 
 def test_run_directory_refuses_restart_and_foreign_data(corpus, tmp_path):

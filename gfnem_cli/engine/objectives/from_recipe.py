@@ -22,6 +22,7 @@ and read back by
     exploration_from_config(section) -> Exploration
     em_options_from_config(config) -> EMOptions                 the M-step gate and M-step draws
     model_optimizer_from_config(config, parameters) -> Adam     θ's optimizer (`train` section)
+    lr_schedule_from_config(config) -> LearningRateSchedule     θ's learning rate over updates
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from gfnem_cli.engine.recipe_schema import (
     SEED, UNIT_INTERVAL_OPEN, Conflict, Key, OneOf, Real)
 from gfnem_cli.engine.precision import PRECISIONS
 from gfnem_cli.engine.scalar_logs import LOGGERS
+from gfnem_cli.engine.schedules import LR_DECAYS, LearningRateSchedule
 
 OBJECTIVE_NAMES = tuple(OBJECTIVES)
 DIVERGENCES = ("reverse_kl", "forward_kl", "renyi", "tsallis")
@@ -62,6 +64,13 @@ def train_section(*, batch_size: int = 4, lr: float = 1e-3, betas=(0.75, 0.999),
                                               # equal model updates.
         "batch_size": Key(batch_size, AT_LEAST_ONE),
         "lr": Key(lr, LEARNING_RATE),
+        # the model's lr(g) over its updates g (engine/schedules.py): linear warm-up over
+        # lr_warmup updates, then constant | linear | cosine decay to lr * lr_final at
+        # lr_horizon updates (0 = max_model_updates when set, else steps)
+        "lr_decay": Key("constant", OneOf(*LR_DECAYS)),
+        "lr_warmup": Key(0, COUNT),
+        "lr_final": Key(0.0, PROBABILITY),
+        "lr_horizon": Key(0, COUNT),
         "betas": Key(list(betas), BETAS),
         "grad_clip": Key(grad_clip, GRAD_CLIP),
         "seed": Key(0, SEED),
@@ -197,7 +206,8 @@ def em_options_from_config(config: dict):
                                     int(em["threshold_horizon"])),
         ema_decay=em["ema_decay"], mstep_samples=em["mstep_samples"],
         importance_weighted=em["importance_weighted"],
-        model_grad_clip=config["train"]["grad_clip"], alternate_every=em["alternate_every"])
+        model_grad_clip=config["train"]["grad_clip"], alternate_every=em["alternate_every"],
+        lr_schedule=lr_schedule_from_config(config))
 
 
 def model_optimizer_from_config(config: dict, parameters):
@@ -206,6 +216,16 @@ def model_optimizer_from_config(config: dict, parameters):
 
     train = config["train"]
     return torch.optim.Adam(parameters, lr=train["lr"], betas=tuple(train["betas"]))
+
+
+def lr_schedule_from_config(config: dict) -> LearningRateSchedule:
+    """θ's learning rate as a function of its update count; the horizon defaults to the run's
+    update cap, else its steps (one model update per step at most)."""
+    train = config["train"]
+    horizon = train["lr_horizon"] or train["max_model_updates"] or train["steps"]
+    return LearningRateSchedule(base=float(train["lr"]), decay=train["lr_decay"],
+                                warmup=int(train["lr_warmup"]), horizon=int(horizon),
+                                final=float(train["lr_final"]))
 
 
 def exploration_from_config(section: dict) -> Exploration:
