@@ -10,7 +10,7 @@ from __future__ import annotations
 from gfnem_cli.engine.objectives.divergences import CONTROL_VARIATES
 from gfnem_cli.engine.objectives.from_recipe import (
     DIVERGENCES, GRAD_CLIP, LEARNING_RATE, OBJECTIVE_NAMES, em_section, exploration_section,
-    extend, objective_section, shared_conflicts, train_section)
+    extend, lr_schedule_conflicts, objective_section, shared_conflicts, train_section)
 from gfnem_cli.engine.recipe_schema import (AT_LEAST_ONE, BETAS, BOOLEAN, COUNT, NAME,
                                             NON_NEGATIVE, POSITIVE, PROBABILITY, TEXT, Conflict,
                                             Integer, Key, OneOf, Schema, ZeroOr,
@@ -130,6 +130,7 @@ def grammar_conflicts(config: dict):
                        "false (a uniform backward policy)",
                        "set sampler.learn_backward: false")
     yield from shared_conflicts(config, "sentence")
+    yield from lr_schedule_conflicts(config, METHODS[:4])       # shape-ebm keeps its own Adam
     train = config["train"]
     if train["select_metric"] != SELECT_METRICS[0] and not train["valid_f1"]:
         yield Conflict(("train.select_metric", "train.valid_f1"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from gfnem_cli.engine.objectives.from_recipe import (
     GRAD_CLIP, LEARNING_RATE, em_section, exploration_section, objective_section,
-    shared_conflicts, train_section)
+    lr_schedule_conflicts, shared_conflicts, train_section)
 from gfnem_cli.engine.recipe_schema import (AT_LEAST_ONE, BETAS, COUNT, NAME, POSITIVE,
                                             TEXT, Conflict, Integer, Key, ListOf,
                                             OneOf, Real, Schema, register_schema, split_schema)
@@ -83,6 +83,7 @@ def vae_conflicts(config: dict):
     """Cross-key problems, each placed at the key the user most likely has to change."""
     sampler, model = config["sampler"], config["model"]
     yield from shared_conflicts(config, "image")
+    yield from lr_schedule_conflicts(config, ("gfnem",))         # the baselines keep their Adam
     method = config["method"]
     if method == "gfnem" and sampler["local_search_rounds"]:
         yield Conflict(("sampler.local_search_rounds",),

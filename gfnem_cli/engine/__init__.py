@@ -58,6 +58,7 @@ _EXPORTS = {
                                "train_section", "objective_section", "em_section",
                                "exploration_section", "extend", "em_options_from_config",
                                "model_optimizer_from_config", "lr_schedule_from_config",
+                               "lr_schedule_conflicts",
                                "shared_conflicts"),
     "runs": ("BEST", "LAST", "RESUMABLE_CHANGES", "check_checkpoint_config",
              "check_resume_config", "check_start", "checkpoint_path", "inspect_run_dir",

@@ -88,6 +88,14 @@ def test_a_bad_learning_rate_schedule_is_refused_before_any_write(corpus, tmp_pa
     assert "Traceback" not in result.output and not (tmp_path / "r").exists()
 
 
+def test_a_schedule_on_a_method_that_would_ignore_it_is_refused(corpus, tmp_path):
+    result = CliRunner().invoke(app, ["train", "recipes/synthetic-shape-ebm.yaml", "--out",
+                                      str(tmp_path / "r"), "--set", f"data.path={corpus}",
+                                      "--set", "train.lr_warmup=5"])
+    assert result.exit_code == 2 and "keeps Adam at train.lr" in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_run_directory_refuses_restart_and_foreign_data(corpus, tmp_path):
     run = tmp_path / "run"
     assert train(run, corpus, 2).exit_code == 0

@@ -200,6 +200,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, shapes, runner, cli_
             f"data.path={shapes}")
     refused(runner, cli_app, "model.num_codes", "train", REPO / "recipes" / "shapes-gumbel.yaml",
             "--out", tmp_path / "r3", "--set", "model.num_codes=1")
+    refused(runner, cli_app, "keeps Adam at train.lr", "train",           # would be ignored
+            REPO / "recipes" / "shapes-gumbel.yaml", "--out", tmp_path / "r4", "--set",
+            "train.lr_decay=cosine", "--set", f"data.path={shapes}")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -15,6 +15,7 @@ checked across keys by
 
     shared_conflicts(config, input_word)   the threshold order; N >= 2 where the objective
                                            compares an input's trajectories
+    lr_schedule_conflicts(config, methods) a schedule on a method that would ignore it
 
 and read back by
 
@@ -160,6 +161,17 @@ def extend(section: dict, after: str, keys: dict) -> dict:
         if name == after:
             out.update(keys)
     return out
+
+
+def lr_schedule_conflicts(config: dict, methods: tuple[str, ...]):
+    """A learning-rate schedule on a method that keeps its own optimizer would be ignored:
+    refused; `methods` are the family's methods that step θ at lr(g)."""
+    train = config["train"]
+    if (train["lr_decay"] != "constant" or train["lr_warmup"]) and config["method"] not in methods:
+        key = "train.lr_decay" if train["lr_decay"] != "constant" else "train.lr_warmup"
+        yield Conflict((key,), f"method {config['method']} keeps Adam at train.lr: a learning-"
+                       f"rate schedule applies to {', '.join(methods)}",
+                       "set train.lr_decay: constant and train.lr_warmup: 0, or another method")
 
 
 def shared_conflicts(config: dict, input_word: str):
