@@ -86,7 +86,7 @@ class LearningRateSchedule:
         span = self.horizon - self.warmup
         if self.decay != "constant" and span > 0:
             frac = min(max(g - self.warmup, 0) / span, 1.0)
-            shape = (1.0 - frac) if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+            shape = 1.0 - frac if self.decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
             scale *= self.final + (1.0 - self.final) * shape
         return self.base * scale
 

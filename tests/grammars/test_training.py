@@ -80,7 +80,8 @@ def test_a_decaying_learning_rate_resumes_where_it_stopped(corpus, tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("train.lr_decay=exponential", "train.lr_decay"), ("train.lr_final=1.5", "train.lr_final"),
-    ("train.lr_warmup=-1", "train.lr_warmup")])
+    ("train.lr_warmup=-1", "train.lr_warmup"), ("train.lr_final=0.1", "train.lr_decay is constant"),
+    ("train.lr_horizon=50", "train.lr_decay is constant")])
 def test_a_bad_learning_rate_schedule_is_refused_before_any_write(corpus, tmp_path, setting,
                                                                    message):
     result = train(tmp_path / "r", corpus, 2, "--set", setting)

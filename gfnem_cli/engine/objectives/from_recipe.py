@@ -164,9 +164,15 @@ def extend(section: dict, after: str, keys: dict) -> dict:
 
 
 def lr_schedule_conflicts(config: dict, methods: tuple[str, ...]):
-    """A learning-rate schedule on a method that keeps its own optimizer would be ignored:
-    refused; `methods` are the family's methods that step θ at lr(g)."""
+    """A learning-rate schedule on a method that keeps its own optimizer, or a decay option
+    without a decay, would be ignored: refused; `methods` step θ at lr(g)."""
     train = config["train"]
+    if train["lr_decay"] == "constant":
+        for key in ("lr_final", "lr_horizon"):
+            if train[key]:
+                yield Conflict((f"train.{key}",), f"train.{key} shapes a decay, but "
+                               "train.lr_decay is constant", "set train.lr_decay: cosine or "
+                               f"linear, or leave train.{key} at 0")
     if (train["lr_decay"] != "constant" or train["lr_warmup"]) and config["method"] not in methods:
         key = "train.lr_decay" if train["lr_decay"] != "constant" else "train.lr_warmup"
         yield Conflict((key,), f"method {config['method']} keeps Adam at train.lr: a learning-"
