@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from gfnem_cli.engine import checkpoint as ckpt
+from gfnem_cli.engine import lr_schedule_from_config
 from gfnem_cli.engine.errors import GfnemError
-from gfnem_cli.engine.objectives.from_recipe import lr_schedule_from_config
 from gfnem_cli.engine.runs import (BEST, begin, check_checkpoint_config, checkpoint_path,
                                    launch, resolve_device)
 from gfnem_cli.engine.runs import saved_config as _saved_config

@@ -48,6 +48,14 @@ FIELDS = ["config", "seed", "cpu_s", "steps", "sentence_f1", "corpus_f1", "nll_p
           "true_nll_per_token", "nll_gap_pct", "best_val_nll_per_token"]
 
 
+def seed_number(text: str) -> int:
+    """--first-seed: a seed train.seed accepts, refused by argparse (exit 2) otherwise."""
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer in [0, 2^32))")
+    return value
+
+
 def parse_grid(specs: list[str]) -> list[dict[str, str]]:
     axes = []
     for spec in specs:
@@ -166,7 +174,7 @@ def main() -> None:
                         help="a prepared synthetic corpus (default: the embedded one, made here)")
     parser.add_argument("--grid", action="append", default=[], help="name=v1,v2 (repeatable)")
     parser.add_argument("--seeds", type=int, default=4)
-    parser.add_argument("--first-seed", type=int, default=0,
+    parser.add_argument("--first-seed", type=seed_number, default=0,
                         help="seeds FIRST .. FIRST+SEEDS-1 (two processes can split the seeds)")
     parser.add_argument("--steps", type=int, default=1500)
     args = parser.parse_args()
