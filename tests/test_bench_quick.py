@@ -30,6 +30,23 @@ def test_interleaved_rotates_and_records_median_min_and_load(capsys):
         harness.interleaved(fns, repeats=2)
 
 
+def test_a_fast_candidate_is_repeated_within_its_turn_and_ratios_are_paired():
+    """min_round_s: a 5 ms candidate is called until its turn lasts 30 ms, a 40 ms one once;
+    the paired speed-up is the median of the per-round ratios of the recorded samples."""
+    import statistics
+    import time
+    fns = {"fast": lambda: time.sleep(0.005), "slow": lambda: time.sleep(0.04)}
+    out = harness.interleaved(fns, repeats=3, warmup=0, cores_in_use=10 ** 6, min_round_s=0.03)
+    fast, slow = out["stats"]["fast"], out["stats"]["slow"]
+    assert all(c >= 2 for c in fast["calls_per_round"]) and slow["calls_per_round"] == [1] * 3
+    assert len(fast["wall_s"]) == len(fast["cpu_s"]) == 3 and out["min_round_s"] == 0.03
+    r = harness.ratio(out["stats"], "slow", "fast")
+    want = statistics.median(a / b for a, b in zip(slow["wall_s"], fast["wall_s"]))
+    assert abs(r["speedup_paired"] - want) < 1e-9 and r["speedup_paired"] > 1
+    with pytest.raises(ValueError):
+        harness.interleaved(fns, repeats=3, min_round_s=-1)
+
+
 def test_load_warning_is_printed_above_the_cores_in_use(capsys):
     assert harness.load_warning([3.5, 1.0, 1.0], 2, "before x")
     assert "WARNING: load average 3.50 before x" in capsys.readouterr().out

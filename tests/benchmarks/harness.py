@@ -9,7 +9,14 @@
    `warmup` untimed calls, then `repeats` (≥ 3) timed rounds, the candidates called in turn
    within each round (round r: a, b, c; round r+1: b, c, a - rotated, so none always runs
    first after a pause), in one process. Each call reports wall and process-CPU seconds;
-   we keep median and min of both, and every sample.
+   we keep median and min of both, and every sample. With `min_round_s`, a candidate faster
+   than that is called again within its turn until the turn has lasted that long, and the
+   turn's sample is the median of its calls (like timeit's autorange): a 50 ms pass then
+   gets ~20 calls per round beside one 10 s reference call, so a single slow call on a noisy
+   machine cannot move its figure.
+   `ratio(stats, slow, fast)` also gives the median of the per-round ratios (`paired`): both
+   turns of a round ran seconds apart, so drift in the machine's speed between rounds (or
+   between runs) cancels in each ratio.
 3. `os.getloadavg()` is recorded before and after; `load_warning` prints a warning when the
    1-minute load exceeds the cores in use (the figures then include other jobs' contention:
    compare the ratios, which interleaving protects, more than the absolute times).
@@ -125,44 +132,70 @@ def _call(fn: Callable) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def _turn(fn: Callable, min_round_s: float) -> tuple[float, float, int]:
+    """One candidate's turn in a round: calls until `min_round_s` has passed (at least one);
+    the median wall and CPU seconds of those calls, and how many there were."""
+    calls = [_call(fn)]
+    spent = calls[0][0]
+    while spent < min_round_s:
+        calls.append(_call(fn))
+        spent += calls[-1][0]
+    return (statistics.median(c[0] for c in calls), statistics.median(c[1] for c in calls),
+            len(calls))
+
+
 def interleaved(fns: dict[str, Callable], repeats: int = MIN_REPEATS, warmup: int = 1,
                 cores_in_use: int = 1, label: str = "",
-                warm: dict[str, Callable] | None = None) -> dict:
-    """Time every candidate `repeats` times, interleaved; returns per-candidate statistics
-    (median_s, min_s, cpu_median_s, wall samples) and the load before/after. `warm` may give
-    a cheaper warm-up call per candidate (e.g. two training steps instead of twenty)."""
+                warm: dict[str, Callable] | None = None, min_round_s: float = 0.0) -> dict:
+    """Time every candidate in `repeats` rounds, interleaved; returns per-candidate statistics
+    (median_s, min_s, cpu_median_s, one sample per round, calls per round) and the load
+    before/after. `warm` may give a cheaper warm-up call per candidate (e.g. two training
+    steps instead of twenty); `min_round_s` repeats a fast candidate within its turn."""
     if repeats < MIN_REPEATS:
         raise ValueError(f"at least {MIN_REPEATS} repeats, got {repeats}")
+    if not min_round_s >= 0:
+        raise ValueError(f"min_round_s must be >= 0, got {min_round_s}")
     names = list(fns)
     before = load()
     warnings = [w for w in [load_warning(before, cores_in_use, f"before {label}".strip())] if w]
     for name in names:
         for _ in range(warmup):
             (warm or {}).get(name, fns[name])()
-    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    samples: dict[str, list[tuple[float, float, int]]] = {k: [] for k in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            samples[name].append(_call(fns[name]))
+            samples[name].append(_turn(fns[name], min_round_s))
     after = load()
     warnings += [w for w in [load_warning(after, cores_in_use, f"after {label}".strip())] if w]
     stats = {name: summarize(s) for name, s in samples.items()}
     return {"stats": stats, "repeats": repeats, "warmup": warmup, "load_before": before,
-            "load_after": after, "load_warnings": warnings, "order": "interleaved, rotated"}
+            "load_after": after, "load_warnings": warnings, "order": "interleaved, rotated",
+            "min_round_s": min_round_s}
 
 
-def summarize(samples: list[tuple[float, float]]) -> dict:
+def summarize(samples: list[tuple]) -> dict:
+    """Statistics over rounds; a sample is (wall s, CPU s[, calls in the round])."""
     wall, cpu = [s[0] for s in samples], [s[1] for s in samples]
     return {"median_s": statistics.median(wall), "min_s": min(wall),
             "cpu_median_s": statistics.median(cpu), "cpu_min_s": min(cpu),
-            "wall_s": [round(x, 5) for x in wall]}
+            "wall_s": [round(x, 5) for x in wall], "cpu_s": [round(x, 5) for x in cpu],
+            "calls_per_round": [s[2] if len(s) > 2 else 1 for s in samples]}
 
 
 def ratio(stats: dict, slow: str, fast: str) -> dict:
-    """Speed-up of `fast` over `slow` from medians (the headline) and from minima."""
+    """Speed-up of `fast` over `slow` from medians (the headline), from minima, from CPU
+    medians, and paired: the median over rounds of each round's ratio (wall and CPU)."""
     s, f = stats[slow], stats[fast]
-    return {"speedup_median": s["median_s"] / f["median_s"],
-            "speedup_min": s["min_s"] / f["min_s"],
-            "speedup_cpu_median": s["cpu_median_s"] / max(f["cpu_median_s"], 1e-12)}
+    out = {"speedup_median": s["median_s"] / f["median_s"],
+           "speedup_min": s["min_s"] / f["min_s"],
+           "speedup_cpu_median": s["cpu_median_s"] / max(f["cpu_median_s"], 1e-12)}
+    if len(s["wall_s"]) == len(f["wall_s"]):
+        out["speedup_paired"] = statistics.median(
+            a / max(b, 1e-12) for a, b in zip(s["wall_s"], f["wall_s"]))
+        if "cpu_s" in s and "cpu_s" in f:
+            out["speedup_cpu_paired"] = statistics.median(
+                a / max(b, 1e-12) for a, b in zip(s["cpu_s"], f["cpu_s"]))
+    return out
 
 
 def emit(row: dict, json_path: str | None = None) -> None:
