@@ -142,8 +142,10 @@ def main(argv=None) -> int:
                    help="every thread pool (default 1)")
     p.add_argument("--csv", help="write the rows here")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.seeds < 1 or args.eval_every < 1 or not args.lr > 0:
-        p.error("--steps, --seeds and --eval-every must be >= 1 and --lr > 0")
+    if args.steps < 1 or args.seeds < 1 or args.eval_every < 1 or not 0 < args.lr < float("inf"):
+        p.error("--steps, --seeds and --eval-every must be >= 1 and --lr a finite number > 0")
+    if args.csv and not Path(args.csv).resolve().parent.is_dir():
+        p.error(f"--csv {args.csv}: its folder does not exist (it is written after every fit)")
     sizes = []
     for s in args.sizes:
         try:

@@ -40,7 +40,8 @@ def test_the_truth_start_scores_the_true_grammar_and_a_random_start_does_not(
     assert "true grammar test NLL/token" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--sizes", "40by60"], ["--steps", "0"], ["--lr", "-1"]])
+@pytest.mark.parametrize("argv", [["--sizes", "40by60"], ["--steps", "0"], ["--lr", "-1"],
+                                  ["--lr", "inf"], ["--csv", "/nonexistent/dir/floor.csv"]])
 def test_bad_arguments_exit_2(synthetic_corpus, argv):
     with pytest.raises(SystemExit) as exc:
         recovery_floor.main(["--data", str(synthetic_corpus(60, 8)), *argv])
