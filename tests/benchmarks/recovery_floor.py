@@ -152,9 +152,11 @@ def main(argv=None) -> int:
             a, b = (int(x) for x in s.lower().split("x"))
         except ValueError:
             p.error(f"--sizes: {s!r} is not NTxT (e.g. 40x60)")
+        if a < 1 or b < 1:
+            p.error(f"--sizes: {s!r} needs at least one nonterminal and one preterminal")
         sizes.append((a, b))
     import torch
-    torch.set_num_threads(args.threads)     # the OpenMP/MKL pools: pinned before torch loads
+    torch.set_num_threads(args.threads)     # as a script, harness.pin_threads set the rest
     from gfnem_cli.engine.errors import GfnemError
     from grammars.data.corpus_disk import load_corpus
     from grammars.data.true_grammar import TrueGrammar
@@ -168,6 +170,10 @@ def main(argv=None) -> int:
         p.error(f"{gfile}: not a synthetic corpus (no grammar.json)")
     truth = TrueGrammar.from_json(json.loads(gfile.read_text()), corpus.vocab.tokens)
     data = {s: split_batches(corpus, s) for s in ("train", "valid", "test")}
+    for name, (batches, _, _) in data.items():
+        if not batches:
+            p.error(f"{args.data}: the {name} split has no sentence of 2+ words (prepare the "
+                    "corpus with --ratios that give every split sentences)")
     true_test = true_grammar_likelihood(Path(args.data), corpus.vocab.tokens,
                                         corpus.column("test", "ids"))["true_nll_per_token"]
     print(f"true grammar test NLL/token {true_test:.4f}", flush=True)

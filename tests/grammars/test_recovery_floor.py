@@ -41,7 +41,8 @@ def test_the_truth_start_scores_the_true_grammar_and_a_random_start_does_not(
 
 
 @pytest.mark.parametrize("argv", [["--sizes", "40by60"], ["--steps", "0"], ["--lr", "-1"],
-                                  ["--lr", "inf"], ["--csv", "/nonexistent/dir/floor.csv"]])
+                                  ["--lr", "inf"], ["--csv", "/nonexistent/dir/floor.csv"],
+                                  ["--sizes", "0x5"]])
 def test_bad_arguments_exit_2(synthetic_corpus, argv):
     with pytest.raises(SystemExit) as exc:
         recovery_floor.main(["--data", str(synthetic_corpus(60, 8)), *argv])
