@@ -93,3 +93,15 @@ def test_quick_benchmarks_end_to_end(tmp_path):
         assert all(len(s["wall_s"]) >= 3 for s in row["stats"].values())
         assert all(f["x_reference_median"] > 0 for f in row["figures"].values()
                    if "reference" in f)
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "abc", "1.5"])
+def test_a_bad_thread_count_is_refused_by_argparse_not_a_traceback(bad):
+    """threads_from_argv leaves a bad --threads to argparse, whose type refuses it (exit 2)."""
+    assert harness.threads_from_argv(default=1, argv=["--threads", bad]) == 1
+    assert harness.threads_from_argv(default=1, argv=[f"--threads={bad}"]) == 1
+    assert harness.threads_from_argv(default=1, argv=["--threads", "3"]) == 3
+    done = subprocess.run([sys.executable, str(BENCH / "bench_inside.py"), "--quick",
+                           "--threads", bad], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2 and "not a thread count" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=harness.MIN_REPEATS)
-    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--threads", type=harness.thread_count, default=threads)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     args = parser.parse_args()
     if args.repeats < harness.MIN_REPEATS:

@@ -69,7 +69,7 @@ def tree_candidate(fn, lengths, sizes):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--threads", type=int, default=harness.default_threads())
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads())
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     quick = harness.quick_mode(args.quick)

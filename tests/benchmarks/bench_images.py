@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--nll-samples", type=int, default=5000, help="M of the NLL estimate")
     p.add_argument("--nll-images", type=int, default=2, help="images of the NLL estimate")
-    p.add_argument("--threads", type=int, default=harness.default_threads(),
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads(),
                    help="every thread pool")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", help="append the rows to this JSON-lines file")

@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-round-s", type=float, default=1.0, help="a candidate faster than "
                    "this is called again within its turn of a round until the turn lasts this "
                    "long (its sample: the median of those calls); 0 = one call a turn")
-    p.add_argument("--threads", type=int, default=harness.default_threads(), help="every thread pool of the workers")
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads(), help="every thread pool of the workers")
     p.add_argument("--quick", action="store_true", help="length 8, batch 8: seconds")
     p.add_argument("--force", action="store_true", help="run torch-struct at length ≥ 40 "
                    "even with little free memory")

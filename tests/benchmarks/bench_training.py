@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=harness.default_threads(), help="every thread pool")
+    parser.add_argument("--threads", type=harness.thread_count, default=harness.default_threads(), help="every thread pool")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-torch-struct", action="store_true")
     parser.add_argument("--against", help="also train with grammars/charts/inside.py at this "

@@ -218,7 +218,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reference-sentences", type=int, default=8,
                    help="sentences timed in the one-by-one reference loop (scaled to --batch)")
-    p.add_argument("--threads", type=int, default=harness.default_threads(), help="every CPU thread pool")
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads(), help="every CPU thread pool")
     p.add_argument("--json", help="append the rows to this JSON-lines file")
     p.add_argument("--profile", action="store_true", help="torch.profiler table(s)")
     p.add_argument("--cprofile", action="store_true", help="cProfile summary(ies)")

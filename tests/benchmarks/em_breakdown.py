@@ -188,7 +188,7 @@ def main(argv=None):
     p.add_argument("--kinds", default="e,m")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=harness.default_threads())
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads())
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--length", type=int, default=20)
     p.add_argument("--vocab", type=int, default=10000)

@@ -91,11 +91,20 @@ def threads_from_argv(default: int | None = None, argv: list[str] | None = None)
     argv = sys.argv[1:] if argv is None else argv
     default = default_threads() if default is None else default
     for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return int(argv[i + 1])
-        if a.startswith("--threads="):
-            return int(a.split("=", 1)[1])
+        value = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else \
+            a.split("=", 1)[1] if a.startswith("--threads=") else None
+        if value is not None:
+            # a bad value is left to argparse (`thread_count`), which refuses it in one line
+            return int(value) if value.isdigit() and int(value) >= 1 else default
     return default
+
+
+def thread_count(text: str) -> int:
+    """argparse type of every benchmark's --threads: a whole number >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        import argparse
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (a whole number >= 1)")
+    return int(text)
 
 
 def set_thread_env(threads: int) -> None:
@@ -174,12 +183,12 @@ def interleaved(fns: dict[str, Callable], repeats: int = MIN_REPEATS, warmup: in
 
 
 def summarize(samples: list[tuple]) -> dict:
-    """Statistics over rounds; a sample is (wall s, CPU s[, calls in the round])."""
+    """Statistics over rounds; a sample is (wall s, CPU s, calls in the round)."""
     wall, cpu = [s[0] for s in samples], [s[1] for s in samples]
     return {"median_s": statistics.median(wall), "min_s": min(wall),
             "cpu_median_s": statistics.median(cpu), "cpu_min_s": min(cpu),
             "wall_s": [round(x, 5) for x in wall], "cpu_s": [round(x, 5) for x in cpu],
-            "calls_per_round": [s[2] if len(s) > 2 else 1 for s in samples]}
+            "calls_per_round": [s[2] for s in samples]}
 
 
 def ratio(stats: dict, slow: str, fast: str) -> dict:

@@ -138,14 +138,14 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seeds", type=int, default=4)
     p.add_argument("--sizes", nargs="*", default=[], help="extra NTxT sizes from random logits")
-    p.add_argument("--threads", type=int, default=harness.default_threads(),
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads(),
                    help="every thread pool (default 1)")
     p.add_argument("--csv", help="write the rows here")
     args = p.parse_args(argv)
     if args.steps < 1 or args.seeds < 1 or args.eval_every < 1 or not 0 < args.lr < float("inf"):
         p.error("--steps, --seeds and --eval-every must be >= 1 and --lr a finite number > 0")
     if args.csv and not Path(args.csv).resolve().parent.is_dir():
-        p.error(f"--csv {args.csv}: its folder does not exist (it is written after every fit)")
+        p.error(f"--csv {args.csv}: its folder does not exist (the rows are written there)")
     sizes = []
     for s in args.sizes:
         try:
@@ -186,11 +186,11 @@ def main(argv=None) -> int:
         row["test_gap_pct"] = 100 * (row["test_nll"] / true_test - 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        if args.csv:                    # rewritten after every fit: a stopped study keeps its rows
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
     for key in sorted({(r["start"], r["size"]) for r in rows}):
         sel = [r for r in rows if (r["start"], r["size"]) == key]
         gaps, f1s = [r["test_gap_pct"] for r in sel], [r["test_f1"] for r in sel]

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="set GFNEM_BENCH_QUICK=1: benchmarks skip their longest parts")
-    parser.add_argument("--threads", type=int, default=1, help="threads of every benchmark")
+    parser.add_argument("--threads", type=harness.thread_count, default=1, help="threads of every benchmark")
     parser.add_argument("--results", type=Path, default=REPO / "bench-results")
     parser.add_argument("--no-save", action="store_true", help="write no results file")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")

@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=harness.default_threads())
+    p.add_argument("--threads", type=harness.thread_count, default=harness.default_threads())
     args = p.parse_args(argv)
     threads = harness.pin_threads(args.threads)
     walls, calls = record(args.recipe.resolve(), args.set, args.steps)
