@@ -114,6 +114,10 @@ def fit(truth, data, start, NT, T, seed, steps, lr, eval_every):
                 v, vt = nll(logits, data["valid"][0])
             if float(v) / vt < best[0]:
                 best = (float(v) / vt, {k: x.detach().clone() for k, x in logits.items()}, step)
+            if step % (10 * eval_every) == 0:          # a timestamped line a log can show
+                print(f"{time.strftime('%H:%M:%S')} {start} {NT}x{T} seed {seed} step {step}/"
+                      f"{steps}: validation NLL/token {float(v) / vt:.4f} (best {best[0]:.4f} "
+                      f"at step {best[2]})", flush=True)
         if step == steps:
             break
         opt.zero_grad()
